@@ -1,0 +1,12 @@
+"""``events.enrich``: the thin adapter. Error mapping lives in ``worker.app.EnrichTask``."""
+
+from __future__ import annotations
+
+from worker import runtime
+from worker.app import TASK_NAME, EnrichTask, app
+from worker.service import Outcome
+
+
+@app.task(name=TASK_NAME, base=EnrichTask, bind=True)
+def enrich(self: EnrichTask, event_id: str) -> Outcome:
+    return runtime.current().service.process(event_id)

@@ -1,0 +1,367 @@
+"""The one Celery app: its configuration, its signals, and the task base class.
+
+Configured in one block (``configure``): JSON only, late acks, reject on worker lost, prefetch 1
+per slot of an I/O-bound pool, connection retries forever, our logging kept in charge. Task
+modules are imported explicitly (no autodiscovery). Cross-cutting behaviour lives here, not in
+tasks: error mapping (``EnrichTask``), dead-lettering of the original message
+(``DeadLetteringRequest``, ``DeadLetteringConsumer``), log context, the summary line, health.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+from celery.app.task import Context
+from celery.exceptions import Reject
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+
+from worker import metrics, runtime
+from worker.errors import (
+    ConfigurationError,
+    InvalidMessage,
+    PermanentError,
+    RetriesExhausted,
+    TransientError,
+)
+from worker.health import HEARTBEAT_INTERVAL_SECONDS
+from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME
+from worker.rapidly._store import api_calls
+from worker.settings import Settings
+
+log = structlog.get_logger()
+
+TASK_NAME = "events.enrich"
+# Back-off before a message goes back to the queue for a reason that is not its own
+# (downstream broker down, dedupe store down): avoids a hot redelivery loop.
+REQUEUE_DELAY_SECONDS = 2.0
+# The consumer loop drains every 2 s at most; older than this means it is not consuming.
+LOOP_STALE_SECONDS = 10.0
+
+app = Celery("rapidly-enrichment", set_as_current=True)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    result_accept_content=["json"],
+    task_ignore_result=True,
+    task_store_errors_even_if_ignored=False,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    task_default_queue=EVENTS_QUEUE_NAME,
+    task_queues=(EVENTS_QUEUE,),
+    task_create_missing_queues=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+    worker_send_task_events=False,
+    worker_enable_remote_control=False,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    worker_consumer="worker.app:DeadLetteringConsumer",
+    broker_connection_retry=True,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    broker_channel_error_retry=True,
+    enable_utc=True,
+)
+
+
+def configure(settings: Settings) -> Celery:
+    app.conf.update(
+        broker_url=settings.broker_url,
+        worker_concurrency=settings.worker_concurrency,
+        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+        # Redis redelivers an unacked message after this; it must outlast the longest event
+        # (deadline plus retries) or a slow event would be delivered twice.
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "confirm_publish": True,
+        },
+        rapidly_settings=settings,
+    )
+    import tasks.enrich  # noqa: F401, PLC0415 - registers events.enrich, explicitly
+
+    return app
+
+
+def settings_of(celery_app: Celery) -> Settings:
+    settings = celery_app.conf.get("rapidly_settings")
+    if not isinstance(settings, Settings):
+        raise RuntimeError("worker.app.configure(settings) was not called")
+    return settings
+
+
+# --- the gate for a rejected token: one probe per interval, the rest go back to the queue
+
+
+class AuthGate:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reopen_at = 0.0
+
+    def admit(self, retry_seconds: float) -> bool:
+        with self._lock:
+            if not self._closed:
+                return True
+            now = time.monotonic()
+            if now < self._reopen_at:
+                return False
+            self._reopen_at = now + retry_seconds  # this caller is the probe
+            return True
+
+    def reject(self, retry_seconds: float) -> None:
+        with self._lock:
+            self._closed = True
+            self._reopen_at = time.monotonic() + retry_seconds
+
+    def accept(self) -> bool:
+        with self._lock:
+            was_closed, self._closed = self._closed, False
+            return was_closed
+
+
+auth_gate = AuthGate()
+
+
+class DeadLetter(Exception):  # noqa: N818 - an instruction to the request, not an error
+    def __init__(self, reason: str, detail: str, attempts: int):
+        self.reason = reason
+        self.detail = detail
+        self.attempts = attempts
+        super().__init__(reason, detail, attempts)
+
+
+def _attempts(exc: BaseException) -> int:
+    return int(getattr(exc, "attempts", 1) or 1)
+
+
+class EnrichTask(Task):  # type: ignore[misc]
+    """Maps the service's typed errors to what happens to the message."""
+
+    Request = "worker.app:DeadLetteringRequest"
+    acks_late = True
+    reject_on_worker_lost = True
+    typing = False  # arguments are checked here, so a bad message is dead-lettered, not crashed
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rt = runtime.current()
+        settings = rt.settings
+        started = time.monotonic()
+        api_calls.set(0)
+        summary: dict[str, Any] = {}
+        try:
+            event_id = _event_id_from(args, kwargs)
+            structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
+            if not auth_gate.admit(settings.auth_retry_seconds):
+                time.sleep(min(settings.auth_retry_seconds, 5.0))
+                summary = {"outcome": "requeued", "reason": "api_rejects_token"}
+                raise Reject("API rejects the token", requeue=True)
+            outcome = self.run(event_id)
+            if auth_gate.accept():
+                log.info("worker.api_accepts_token")
+            rt.api_accepted()
+            record = outcome.record
+            summary = {"outcome": outcome.outcome}
+            if record is not None:
+                hierarchy = record.body["hierarchy"]
+                summary.update(routing_key=record.routing_key, depth=hierarchy["depth"],
+                               complete=hierarchy["complete"],
+                               incomplete_reason=hierarchy["incomplete_reason"])
+            return outcome.outcome
+        except Reject:
+            raise
+        except PermanentError as exc:
+            detail = str(exc)
+            summary = {"outcome": "dead_lettered", "reason": exc.reason, "detail": detail}
+            raise DeadLetter(exc.reason, detail, _attempts(exc)) from None
+        except ConfigurationError as exc:
+            auth_gate.reject(settings.auth_retry_seconds)
+            rt.api_rejected(exc)
+            summary = {"outcome": "requeued", "reason": "configuration", "detail": str(exc)}
+            time.sleep(min(settings.auth_retry_seconds, 5.0))
+            raise Reject(str(exc), requeue=True) from None
+        except TransientError as exc:
+            summary = {"outcome": "requeued", "reason": type(exc).__name__, "detail": str(exc)}
+            time.sleep(REQUEUE_DELAY_SECONDS)
+            raise Reject(str(exc), requeue=True) from None
+        except Exception as exc:
+            # A bug, not the event's fault, but nothing may be lost: keep it replayable.
+            log.exception("enrich.internal_error")
+            detail = f"internal error: {type(exc).__name__}"
+            summary = {"outcome": "dead_lettered", "reason": "internal_error", "detail": detail}
+            raise DeadLetter("internal_error", detail, 1) from None
+        finally:
+            duration = time.monotonic() - started
+            outcome_name = summary.get("outcome", "unknown")
+            metrics.EVENTS.labels(outcome_name).inc()
+            metrics.ENRICH_SECONDS.observe(duration)
+            level = "warning" if outcome_name in ("dead_lettered", "requeued") else "info"
+            getattr(log, level)("enrich.finished", api_calls=api_calls.get(),
+                                duration_ms=round(duration * 1000, 1), **summary)
+
+
+def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and set(kwargs) == {"event_id"}:
+        return kwargs["event_id"]
+    raise InvalidMessage(
+        "invalid_arguments",
+        f"expected one argument, the event id; got {len(args)} positional and "
+        f"keywords {sorted(kwargs)[:5]}",
+    )
+
+
+class DeadLetteringRequest(Request):  # type: ignore[misc]
+    """Dead-letters the original message (not a copy rebuilt from the request) before acking."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = exc_info.exception
+        exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback wraps it
+        if not isinstance(exc, DeadLetter):
+            return super().on_failure(exc_info, send_failed_event, return_ok)  # type: ignore[no-any-return]
+        from celery.worker.state import task_ready  # noqa: PLC0415
+
+        task_ready(self)
+        if dead_letter(self._message, exc.reason, exc.detail, exc.attempts):
+            self.acknowledge()
+        else:
+            self.reject(requeue=True)
+        return None
+
+
+def dead_letter(message: Any, reason: str, detail: str, attempts: int) -> bool:
+    """Publish ``message`` unchanged to rapidly.events.dead; True once the broker confirmed."""
+    try:
+        runtime.current().dead_letters.publish(message, reason=reason, detail=detail,
+                                               attempts=attempts)
+    except Exception as exc:  # noqa: BLE001 - not confirmed: the message goes back, not lost
+        log.error("deadletter.failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
+        time.sleep(REQUEUE_DELAY_SECONDS)
+        return False
+    metrics.DEAD_LETTERS.labels(reason).inc()
+    log.warning("deadletter.sent", reason=reason, detail=detail, attempts=attempts)
+    return True
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Messages Celery cannot run (wrong content type, undecodable body, unknown task, not a
+    Celery message) are dead-lettered with a reason instead of being dropped; none is executed."""
+
+    def _dead_letter_raw(self, message: Any, reason: str, detail: str) -> None:
+        if dead_letter(message, reason, detail, 0):
+            message.ack()
+        else:
+            message.reject(requeue=True)
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        self._dead_letter_raw(message, "malformed_message",
+                              f"body could not be decoded as {message.content_type}: {type(exc).__name__}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter_raw(message, "malformed_message", "not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        name = str((message.headers or {}).get("task", "?"))[:100]
+        self._dead_letter_raw(message, "unknown_task", f"no task named {name!r} on this queue")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        from kombu.exceptions import ContentDisallowed  # noqa: PLC0415
+
+        if isinstance(exc, ContentDisallowed):
+            self._dead_letter_raw(message, "content_type_not_allowed",
+                                  f"content type {message.content_type!r} is not accepted (JSON only)")
+        else:
+            self._dead_letter_raw(message, "malformed_message", f"invalid task message: {type(exc).__name__}")
+
+    def perform_pending_operations(self) -> None:
+        _loop_alive.tick()
+        super().perform_pending_operations()
+
+
+class _LoopTick:
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def tick(self) -> None:
+        self.last = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last < LOOP_STALE_SECONDS
+
+
+_loop_alive = _LoopTick()
+
+
+def _heartbeat_forever(stop: threading.Event) -> None:
+    rt = runtime.current()
+    while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
+        connected = _loop_alive.alive()
+        rt.health.beat(broker_connected=connected)
+        metrics.READY.set(1 if rt.health.ready else 0)
+
+
+_stop_heartbeat = threading.Event()
+
+
+# --- signals: logging stays ours; per-process runtime; per-task log context
+
+
+@signals.setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Connected so that Celery does not configure logging: the CLI already did."""
+
+
+@signals.worker_init.connect
+def _boot(sender: Any = None, **_: Any) -> None:
+    settings = settings_of(app)
+    rt = runtime.Runtime.build(settings)
+    runtime.install(rt)
+    metrics.serve(settings.metrics_port)
+    rt.start()
+    _stop_heartbeat.clear()
+    threading.Thread(target=_heartbeat_forever, args=(_stop_heartbeat,), daemon=True,
+                     name="heartbeat").start()
+    log.info("worker.started", concurrency=settings.worker_concurrency,
+             api_url=settings.rapidly_api_url, redis=bool(settings.redis_url),
+             rate_limit=settings.rapidly_rate_limit)
+
+
+@signals.worker_ready.connect
+def _ready(**_: Any) -> None:
+    _loop_alive.tick()
+    rt = runtime.current()
+    rt.health.beat(broker_connected=True)
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    _stop_heartbeat.set()
+    try:
+        rt = runtime.current()
+    except RuntimeError:
+        return
+    rt.health.clear()
+    rt.close()
+    runtime.install(None)
+    log.info("worker.stopped")
+
+
+@signals.task_prerun.connect
+def _bind_context(task_id: str | None = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _clear_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+__all__ = ["TASK_NAME", "Context", "EnrichTask", "app", "configure"]

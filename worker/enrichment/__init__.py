@@ -1,0 +1,16 @@
+"""The domain: resolve an event's hierarchy and build its record. No Celery, no kombu."""
+
+from worker.enrichment._hierarchy import DEFAULT_MAX_DEPTH, Hierarchy, walk_ancestors
+from worker.enrichment._record import SCHEMA, EnrichedRecord, build_record, rfc3339_now
+from worker.enrichment._service import enrich_event
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "SCHEMA",
+    "EnrichedRecord",
+    "Hierarchy",
+    "build_record",
+    "enrich_event",
+    "rfc3339_now",
+    "walk_ancestors",
+]

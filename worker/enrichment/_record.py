@@ -1,0 +1,47 @@
+"""The enriched record (schema ``rapidly.enriched_event.v1``) and where it is routed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.enrichment._hierarchy import Hierarchy
+from worker.rapidly import ChildCounts, Event
+
+SCHEMA = "rapidly.enriched_event.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedRecord:
+    event_id: str
+    routing_key: str
+    body: dict[str, Any]
+
+    @property
+    def schema(self) -> str:
+        return str(self.body["schema"])
+
+    @property
+    def is_customer_created(self) -> bool:
+        return self.routing_key == "system.customer.created"
+
+
+def rfc3339_now(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def build_record(
+    event: Event, hierarchy: Hierarchy, counts: ChildCounts, *, now: datetime | None = None
+) -> EnrichedRecord:
+    body = {
+        "schema": SCHEMA,
+        # Exactly as GET /api/events/{id} answers it: unknown fields kept, child_count untouched.
+        "event": event.as_get(),
+        "hierarchy": hierarchy.as_record(
+            child_count=counts.direct, descendant_count=counts.descendants
+        ),
+        "enriched_at": rfc3339_now(now),
+    }
+    return EnrichedRecord(event_id=event.id, routing_key=event.routing_key, body=body)

@@ -1,0 +1,132 @@
+"""The worker's exception tree.
+
+    WorkerError                      root: everything the worker raises on purpose
+    ├── TransientError               worth retrying: the same call may succeed later
+    │   ├── ApiUnavailable           5xx, timeout, connection error, a body that is not JSON
+    │   ├── RateLimited              429; carries the server's Retry-After in seconds
+    │   └── EventNotYetVisible       404 for an event that may still be replicating
+    ├── PermanentError               retrying cannot help: the event is dead-lettered
+    │   ├── InvalidEventId           not a UUID version 4: rejected before any API call
+    │   ├── EventNotFound            still 404 after the bounded wait for replica lag
+    │   ├── RetriesExhausted         a transient error outlived the retry budget
+    │   ├── InvalidMessage           a task message that cannot be executed as sent
+    │   └── UnexpectedResponse       the API answered something no retry will change (e.g. 422)
+    └── ConfigurationError           the deployment is wrong (401/403, bad setting): the event is
+                                     neither retried nor dead-lettered; it goes back to the queue
+
+Each leaf keeps its identifiers as attributes and builds its message in ``__init__``, so a message
+never has to be parsed and never contains a secret.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+
+class TransientError(WorkerError):
+    """A failure that may go away if the same call is tried again later."""
+
+
+class ApiUnavailable(TransientError):
+    def __init__(self, what: str, *, status: int | None = None, request_id: str | None = None):
+        self.what = what
+        self.status = status
+        self.request_id = request_id
+        detail = f"API unavailable: {what}"
+        if status is not None:
+            detail += f" (HTTP {status})"
+        if request_id:
+            detail += f" [request {request_id}]"
+        super().__init__(detail)
+
+
+class RateLimited(TransientError):
+    def __init__(self, retry_after: float, *, request_id: str | None = None):
+        self.retry_after = retry_after
+        self.request_id = request_id
+        super().__init__(f"API rate limit hit; retry after {retry_after:.1f}s")
+
+
+class EventNotYetVisible(TransientError):
+    def __init__(self, event_id: str, *, request_id: str | None = None):
+        self.event_id = event_id
+        self.request_id = request_id
+        super().__init__(f"event {event_id} answered 404 (may still be replicating)")
+
+
+class PermanentError(WorkerError):
+    """Retrying cannot help: the input message is dead-lettered with ``reason``."""
+
+    reason = "permanent_error"
+
+
+class InvalidEventId(PermanentError):
+    reason = "invalid_event_id"
+
+    def __init__(self, value: object):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        self.value = value
+        super().__init__(f"event id {shown} is not a UUID version 4")
+
+
+class EventNotFound(PermanentError):
+    reason = "event_not_found"
+
+    def __init__(self, event_id: str, *, waited: float, attempts: int):
+        self.event_id = event_id
+        self.waited = waited
+        self.attempts = attempts
+        super().__init__(
+            f"event {event_id} still answered 404 after {attempts} attempts over {waited:.1f}s"
+        )
+
+
+class RetriesExhausted(PermanentError):
+    reason = "exhausted_retries"
+
+    def __init__(self, last_error: BaseException, *, attempts: int, elapsed: float):
+        self.last_error = last_error
+        self.attempts = attempts
+        self.elapsed = elapsed
+        super().__init__(
+            f"gave up after {attempts} attempts over {elapsed:.1f}s; last error: {last_error}"
+        )
+
+
+class InvalidMessage(PermanentError):
+    """A task message that cannot be run as sent (wrong arguments, content type, shape)."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
+
+
+class UnexpectedResponse(PermanentError):
+    reason = "unexpected_response"
+
+    def __init__(self, what: str, *, status: int, request_id: str | None = None):
+        self.what = what
+        self.status = status
+        self.request_id = request_id
+        detail = f"API answered HTTP {status} to {what}"
+        if request_id:
+            detail += f" [request {request_id}]"
+        super().__init__(detail)
+
+
+class ConfigurationError(WorkerError):
+    """The deployment is wrong, not the event: never dead-letter or drop the message for it."""
+
+    def __init__(self, what: str, *, status: int | None = None, request_id: str | None = None):
+        self.what = what
+        self.status = status
+        self.request_id = request_id
+        detail = what if status is None else f"{what} (HTTP {status})"
+        if request_id:
+            detail += f" [request {request_id}]"
+        super().__init__(detail)

@@ -1,0 +1,82 @@
+"""Liveness and readiness as files, so the probes are cheap local reads.
+
+The consumer loop's timer refreshes ``heartbeat`` (liveness). ``state.json`` says whether the
+broker connection is up and whether the API accepts the token (readiness). ``rapidly-worker
+health live|ready`` reads them; nothing calls ``celery inspect ping``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HEARTBEAT_INTERVAL_SECONDS = 5.0
+LIVE_STALE_SECONDS = 30.0
+
+
+class HealthState:
+    def __init__(self, directory: str):
+        self._dir = Path(directory)
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"broker": False, "api": None, "reason": "starting"}
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._state["broker"]) and self._state["api"] is not False
+
+    def beat(self, *, broker_connected: bool) -> None:
+        self.update(broker=broker_connected)
+        (self._dir / "heartbeat").write_text(f"{time.time():.3f}\n")
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            if all(self._state.get(k) == v for k, v in changes.items()):
+                return
+            self._state.update(changes)
+            self._write()
+
+    def api_rejected(self, reason: str) -> None:
+        self.update(api=False, reason=reason)
+
+    def api_accepted(self) -> None:
+        if self._state["api"] is not True:
+            self.update(api=True, reason="")
+
+    def _write(self) -> None:
+        payload = {**self._state, "ready": self.ready, "updated": time.time(), "pid": os.getpid()}
+        tmp = self._dir / f".state.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(self._dir / "state.json")
+
+    def clear(self) -> None:
+        for name in ("heartbeat", "state.json"):
+            (self._dir / name).unlink(missing_ok=True)
+
+
+def check(directory: str, what: str, *, stale_after: float = LIVE_STALE_SECONDS) -> tuple[bool, str]:
+    """(ok, one-line reason) for ``live`` or ``ready``."""
+    base = Path(directory)
+    try:
+        beat = float((base / "heartbeat").read_text().strip())
+    except (OSError, ValueError):
+        return False, f"no heartbeat in {base}"
+    age = time.time() - beat
+    if age > stale_after:
+        return False, f"heartbeat is {age:.0f}s old"
+    if what == "live":
+        return True, f"heartbeat {age:.1f}s ago"
+    try:
+        state = json.loads((base / "state.json").read_text())
+    except (OSError, ValueError):
+        return False, "no readable state.json"
+    if not state.get("broker"):
+        return False, "broker unreachable"
+    if state.get("api") is False:
+        return False, f"API rejects the token: {state.get('reason', '')}"
+    return True, "ready"

@@ -1,0 +1,29 @@
+"""Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
+
+from worker.publishing._publisher import DeadLetterPublisher, PublishError, RecordPublisher
+from worker.publishing._topology import (
+    CUSTOMER_CREATED_QUEUE,
+    CUSTOMER_CREATED_QUEUE_NAME,
+    CUSTOMER_CREATED_ROUTING_KEY,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_QUEUE_NAME,
+    ENRICHED_EXCHANGE,
+    ENRICHED_EXCHANGE_NAME,
+    EVENTS_QUEUE,
+    EVENTS_QUEUE_NAME,
+)
+
+__all__ = [
+    "CUSTOMER_CREATED_QUEUE",
+    "CUSTOMER_CREATED_QUEUE_NAME",
+    "CUSTOMER_CREATED_ROUTING_KEY",
+    "DEAD_LETTER_QUEUE",
+    "DEAD_LETTER_QUEUE_NAME",
+    "ENRICHED_EXCHANGE",
+    "ENRICHED_EXCHANGE_NAME",
+    "EVENTS_QUEUE",
+    "EVENTS_QUEUE_NAME",
+    "DeadLetterPublisher",
+    "PublishError",
+    "RecordPublisher",
+]

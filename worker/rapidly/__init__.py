@@ -1,0 +1,24 @@
+"""The Rapidly API: client, typed models, rate limiting and the cached event store.
+
+Knows nothing of brokers or Celery.
+"""
+
+from worker.rapidly._client import RapidlyClient, parse_retry_after, validate_event_id
+from worker.rapidly._models import ANCESTOR_FIELDS, Event, EventPage
+from worker.rapidly._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from worker.rapidly._store import ChildCounts, EventStore, RetryPolicy
+
+__all__ = [
+    "ANCESTOR_FIELDS",
+    "ChildCounts",
+    "Event",
+    "EventPage",
+    "EventStore",
+    "LocalRateLimiter",
+    "RapidlyClient",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "RetryPolicy",
+    "parse_retry_after",
+    "validate_event_id",
+]

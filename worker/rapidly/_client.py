@@ -1,0 +1,228 @@
+"""The Rapidly API client: one HTTP call per method, every response class mapped to one error.
+
+It knows nothing of brokers, caches or retries (see ``_store`` for those). One instance per
+process, created at boot and closed at shutdown; it is safe to share between threads/greenlets.
+
+    200 + JSON object      -> a typed model
+    200 + anything else    -> ApiUnavailable (transient: seen from proxies and during deploys)
+    3xx                    -> followed once if it stays on the same origin, else ConfigurationError
+                              (the token is never sent to another host)
+    401 / 403              -> ConfigurationError (the deployment's fault, not the event's)
+    404 on GET             -> EventNotYetVisible (transient for a bounded time: replica lag)
+    422                    -> InvalidEventId on GET, UnexpectedResponse on list
+    429                    -> RateLimited(retry_after) (empty body; seconds or an HTTP date)
+    5xx, timeout, network  -> ApiUnavailable
+    anything else          -> UnexpectedResponse
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import SecretStr, ValidationError
+
+from worker.errors import (
+    ApiUnavailable,
+    ConfigurationError,
+    EventNotYetVisible,
+    InvalidEventId,
+    RateLimited,
+    UnexpectedResponse,
+)
+from worker.rapidly._models import Event, EventPage
+from worker.rapidly._ratelimit import RateLimiter
+
+log = structlog.get_logger()
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 50
+# Retry-After is seconds in practice; an absurd value must not park a worker for hours.
+MAX_RETRY_AFTER = 300.0
+LIST_PAGE_SIZE = 100  # the server clamps larger values to 100
+USER_AGENT = "rapidly-enrichment-worker/0.1"
+
+# Called after every HTTP exchange with (kind, status or error class, seconds); metrics hang here.
+Observer = Callable[[str, str, float], None]
+
+
+def validate_event_id(value: object) -> str:
+    """The canonical form of a UUID version 4, or InvalidEventId; never calls the API."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidEventId(value)
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidEventId(value) from None
+    if parsed.version != 4 or parsed.variant != uuid.RFC_4122:
+        raise InvalidEventId(value)
+    return str(parsed)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); 1 s when unusable."""
+    if not value:
+        return 1.0
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return 1.0
+        seconds = parsed.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class RapidlyClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: SecretStr,
+        *,
+        limiter: RateLimiter | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        transport: httpx.BaseTransport | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self._base = httpx.URL(base_url.rstrip("/") + "/")
+        self._token = token
+        self._limiter = limiter
+        self._observer = observer
+        self._http = httpx.Client(
+            base_url=self._base,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:  # the token stays out of every repr
+        return f"RapidlyClient(base_url={str(self._base)!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- endpoints
+
+    def get_event(self, event_id: str) -> Event:
+        event_id = validate_event_id(event_id)
+        body = self._request("get", f"api/events/{event_id}", None, event_id=event_id)
+        try:
+            return Event.from_api(body)
+        except ValidationError as exc:
+            raise ApiUnavailable(f"GET event {event_id}: body is not an event ({exc.error_count()} errors)") from None
+
+    def list_events(self, params: dict[str, Any]) -> EventPage:
+        body = self._request("list", "api/events/", params, event_id=None)
+        try:
+            return EventPage.from_api(body)
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise ApiUnavailable(f"list events: body is not an event list ({type(exc).__name__})") from None
+
+    def list_children(self, parent_id: str, *, page: int = 1) -> EventPage:
+        """Direct children of ``parent_id`` (``depth=1``; without depth the server ignores parent_id)."""
+        return self.list_events(
+            {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page}
+        )
+
+    def check_token(self) -> None:
+        """One cheap authenticated call; raises ConfigurationError if the token is rejected."""
+        self._request("list", "api/events/", {"limit": 1}, event_id=None)
+
+    # --- one exchange
+
+    def _request(
+        self, kind: str, path: str, params: dict[str, Any] | None, *, event_id: str | None
+    ) -> dict[str, Any]:
+        if self._limiter is not None:
+            self._limiter.acquire()
+        url = self._base.join(path)
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        started = time.monotonic()
+        try:
+            response = self._http.get(url, params=params, headers=headers)
+            if response.is_redirect:
+                response = self._follow_same_origin(response, headers)
+        except httpx.TimeoutException:
+            self._observe(kind, "timeout", started)
+            raise ApiUnavailable(f"{kind} {path}: timed out") from None
+        except httpx.TransportError as exc:
+            self._observe(kind, "network", started)
+            raise ApiUnavailable(f"{kind} {path}: {type(exc).__name__}") from None
+        self._observe(kind, str(response.status_code), started)
+        return self._interpret(kind, path, response, event_id=event_id)
+
+    def _follow_same_origin(self, response: httpx.Response, headers: dict[str, str]) -> httpx.Response:
+        location = response.headers.get("location", "")
+        target = response.url.join(location)
+        if (target.scheme, target.host, target.port) != (self._base.scheme, self._base.host, self._base.port):
+            raise ConfigurationError(
+                f"API redirected to another origin ({target.scheme}://{target.host}); "
+                "not following with the token: check RAPIDLY_API_URL",
+                status=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            )
+        return self._http.get(target, headers=headers)
+
+    def _interpret(
+        self, kind: str, path: str, response: httpx.Response, *, event_id: str | None
+    ) -> dict[str, Any]:
+        status = response.status_code
+        request_id = response.headers.get("x-request-id")
+        what = f"{kind} {path}"
+        if status == 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                log.warning("api.bad_body", kind=kind, request_id=request_id,
+                            content_type=response.headers.get("content-type"))
+                raise ApiUnavailable(f"{what}: 200 with a body that is not a JSON object",
+                                     status=200, request_id=request_id)
+            log.debug("api.ok", kind=kind, request_id=request_id)
+            return body
+        log.info("api.error_status", kind=kind, status=status, request_id=request_id)
+        if status in (401, 403):
+            detail = _error_code(response)
+            raise ConfigurationError(
+                f"API rejected the token ({detail}): check RAPIDLY_API_TOKEN and its scopes",
+                status=status, request_id=request_id,
+            )
+        if status == 404 and event_id is not None:
+            raise EventNotYetVisible(event_id, request_id=request_id)
+        if status == 422 and event_id is not None:
+            raise InvalidEventId(event_id)
+        if status == 429:
+            raise RateLimited(parse_retry_after(response.headers.get("retry-after")),
+                              request_id=request_id)
+        if status >= 500 or status in (408, 425):
+            raise ApiUnavailable(what, status=status, request_id=request_id)
+        if 300 <= status < 400:
+            raise ConfigurationError(f"API redirected {what} more than once", status=status,
+                                     request_id=request_id)
+        raise UnexpectedResponse(what, status=status, request_id=request_id)
+
+    def _observe(self, kind: str, status: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer(kind, status, time.monotonic() - started)
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return "no error code"
+    if isinstance(body, dict):
+        return str(body.get("error") or "no error code")[:64]
+    return "no error code"

@@ -1,0 +1,321 @@
+"""The event store: every read the enrichment needs, cached, collapsed and retried.
+
+Events are immutable, so a fetched event can be reused: from a bounded in-process LRU, then from
+Redis when ``REDIS_URL`` is set (shared by the fleet), then from the API. Concurrent reads of one
+key collapse into one call. List responses carry full events with their descendant counts; the
+children they return are cached too, so enriching them later costs no call.
+
+Freshness (the README repeats this): an ancestor's six fields never change, so any cached copy is
+used. The enriched event itself is used from cache only if fetched within ``event_max_age`` (its
+``customer`` is the live customer). Child counts are reused for ``counts_max_age``; the server's
+counts are eventually consistent anyway.
+
+Retries live here, not in the client: 429 waits its Retry-After (and pushes the whole fleet's
+limiter back) without counting as an attempt; 5xx/timeouts/garbage back off exponentially with
+full jitter within an attempt and time budget; 404 is retried for a bounded wait (replica lag).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from worker.errors import (
+    ApiUnavailable,
+    EventNotFound,
+    EventNotYetVisible,
+    RateLimited,
+    RetriesExhausted,
+    TransientError,
+)
+from worker.rapidly._client import RapidlyClient
+from worker.rapidly._models import Event
+from worker.rapidly._ratelimit import RateLimiter
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# API calls made on behalf of the unit of work running in this context (the summary line's
+# ``api_calls``); the service resets it per event.
+api_calls: contextvars.ContextVar[int] = contextvars.ContextVar("api_calls", default=0)
+
+# After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
+REDIS_COOLDOWN_SECONDS = 5.0
+
+
+class RateLimitWaitTooLong(TransientError):
+    """429s kept coming past the event's deadline: the message goes back to the queue."""
+
+    def __init__(self, waited: float):
+        self.waited = waited
+        super().__init__(f"still rate limited after waiting {waited:.0f}s")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    budget_seconds: float = 45.0
+    not_found_wait_seconds: float = 30.0
+    parent_not_found_wait_seconds: float = 5.0
+    rate_limit_wait_seconds: float = 60.0
+    base_delay: float = 0.2
+    max_delay: float = 8.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def backoff(self, attempt: int) -> float:
+        # Full jitter: spreads a fleet's retries instead of synchronising them.
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))  # noqa: S311
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCounts:
+    direct: int
+    descendants: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    event: Event  # the GET view (child_count 0)
+    fetched_at: float
+    descendants: int | None = None
+    counted_at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({"e": self.event.as_get(), "f": self.fetched_at,
+                           "d": self.descendants, "c": self.counted_at}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> _Entry:
+        data = json.loads(text)
+        return cls(Event.from_api(data["e"]), data["f"], data["d"], data["c"])
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class EventStore:
+    def __init__(
+        self,
+        client: RapidlyClient,
+        *,
+        policy: RetryPolicy | None = None,
+        limiter: RateLimiter | None = None,
+        max_events: int = 50_000,
+        event_max_age: float = 300.0,
+        counts_max_age: float = 60.0,
+        redis: Any = None,
+        redis_namespace: str = "",
+        redis_ttl: int = 86_400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._policy = policy or RetryPolicy()
+        self._limiter = limiter
+        self._max_events = max_events
+        self._event_max_age = event_max_age
+        self._counts_max_age = counts_max_age
+        self._redis = redis
+        self._prefix = f"rapidly:{redis_namespace}:evt:"
+        self._redis_ttl = redis_ttl
+        self._redis_down_until = 0.0
+        self._clock = clock
+        self._lru: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    # --- what the enrichment asks for
+
+    def event(self, event_id: str) -> Event:
+        """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
+        entry = self._lookup(event_id)
+        if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
+            return entry.event
+        return self._collapse(f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds))
+
+    def parent(self, event_id: str) -> Event | None:
+        """An ancestor (any cached copy will do); None when it stays 404 (not visible to us)."""
+        entry = self._lookup(event_id)
+        if entry is not None:
+            return entry.event
+        try:
+            return self._collapse(
+                f"get:{event_id}",
+                lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
+            )
+        except EventNotFound:
+            return None
+
+    def child_counts(self, event: Event) -> ChildCounts:
+        entry = self._lookup(event.id)
+        now = self._clock()
+        if (entry is not None and entry.descendants == 0
+                and now - entry.counted_at <= self._counts_max_age):
+            # No descendants at all means no direct children either: no call needed.
+            return ChildCounts(0, 0)
+        return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+
+    # --- fetching
+
+    def _fetch(self, event_id: str, not_found_wait: float) -> Event:
+        event = self._retrying(lambda: self._client.get_event(event_id), not_found_wait=not_found_wait,
+                               event_id=event_id)
+        self._remember([_Entry(event, self._clock())])
+        return event
+
+    def _count_children(self, event: Event) -> ChildCounts:
+        page_no, direct, descendants = 1, 0, 0
+        seen: set[str] = set()
+        entries: list[_Entry] = []
+        now = self._clock()
+        while True:
+            page = self._retrying(lambda p=page_no: self._client.list_children(event.id, page=p))  # type: ignore[misc]
+            if page_no == 1:
+                direct = page.total
+            for child in page.events:
+                if child.id in seen or child.id == event.id:
+                    continue  # equal timestamps may repeat across pages
+                seen.add(child.id)
+                descendants += 1 + child.child_count
+                entries.append(_Entry(Event.from_api(child.as_get()), now, child.child_count, now))
+            if not page.events or page_no >= page.pages:
+                break
+            page_no += 1
+        direct = max(direct, len(seen))
+        descendants = max(descendants, direct)
+        entries.append(_Entry(event, self._entry_time(event.id, now), descendants, now))
+        self._remember(entries)
+        return ChildCounts(direct, descendants)
+
+    def _entry_time(self, event_id: str, default: float) -> float:
+        with self._lock:
+            entry = self._lru.get(event_id)
+        return entry.fetched_at if entry is not None else default
+
+    def _retrying(self, call: Callable[[], T], *, not_found_wait: float | None = None,
+                  event_id: str | None = None) -> T:
+        policy = self._policy
+        started = time.monotonic()
+        failures = not_found = 0
+        rate_limited_for = 0.0
+        while True:
+            api_calls.set(api_calls.get() + 1)
+            try:
+                return call()
+            except RateLimited as exc:
+                if self._limiter is not None:
+                    self._limiter.penalize(exc.retry_after)
+                rate_limited_for += exc.retry_after
+                if rate_limited_for > policy.rate_limit_wait_seconds:
+                    raise RateLimitWaitTooLong(rate_limited_for) from exc
+                log.warning("api.rate_limited", retry_after=exc.retry_after, request_id=exc.request_id)
+                policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
+            except EventNotYetVisible:
+                not_found += 1
+                elapsed = time.monotonic() - started
+                delay = min(policy.max_delay, 0.25 * 2 ** (not_found - 1))
+                if not_found_wait is None or elapsed + delay > not_found_wait:
+                    raise EventNotFound(event_id or "?", waited=elapsed, attempts=not_found) from None
+                policy.sleep(delay)
+            except ApiUnavailable as exc:
+                failures += 1
+                elapsed = time.monotonic() - started
+                delay = policy.backoff(failures)
+                if failures >= policy.max_attempts or elapsed + delay > policy.budget_seconds:
+                    raise RetriesExhausted(exc, attempts=failures, elapsed=elapsed) from None
+                log.info("api.retry", error=str(exc), attempt=failures, delay=round(delay, 3))
+                policy.sleep(delay)
+
+    def _collapse(self, key: str, work: Callable[[], T]) -> T:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result  # type: ignore[no-any-return]
+        try:
+            flight.result = work()
+            return flight.result  # type: ignore[no-any-return]
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    # --- the two cache levels
+
+    def _lookup(self, event_id: str) -> _Entry | None:
+        with self._lock:
+            entry = self._lru.get(event_id)
+            if entry is not None:
+                self._lru.move_to_end(event_id)
+                return entry
+        if self._redis is None or self._clock() < self._redis_down_until:
+            return None
+        try:
+            raw = self._redis.get(self._prefix + event_id)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure only costs us the cache
+            self._redis_failed(exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            entry = _Entry.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return None
+        self._remember([entry], shared=False)
+        return entry
+
+    def _remember(self, entries: list[_Entry], *, shared: bool = True) -> None:
+        if self._max_events > 0:
+            with self._lock:
+                for entry in entries:
+                    self._lru[entry.event.id] = entry
+                    self._lru.move_to_end(entry.event.id)
+                while len(self._lru) > self._max_events:
+                    self._lru.popitem(last=False)
+        if not shared or self._redis is None or self._clock() < self._redis_down_until:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for entry in entries:
+                pipe.set(self._prefix + entry.event.id, entry.to_json(), ex=self._redis_ttl)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            self._redis_failed(exc)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._redis_down_until = self._clock() + REDIS_COOLDOWN_SECONDS
+        log.warning("cache.redis_unavailable", error=f"{type(exc).__name__}: {exc}")
+
+    def cached_count(self) -> int:
+        with self._lock:
+            return len(self._lru)
+
+
+def namespace_for(token: str) -> str:
+    """A Redis namespace per token: caches and budgets are per workspace, and the key never
+    reveals the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]

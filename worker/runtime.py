@@ -1,0 +1,200 @@
+"""The per-process objects, built once from Settings at worker start and closed at shutdown.
+
+One HTTP client, one event store, one pair of publishers, one dedupe store per process. The task
+layer reaches them through ``current()``; nothing else holds globals.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from worker import metrics
+from worker.dedupe import DedupeStore, LocalDedupeStore, RedisDedupeStore
+from worker.enrichment import EnrichedRecord
+from worker.errors import ConfigurationError, WorkerError
+from worker.health import HealthState
+from worker.logging import register_secret
+from worker.publishing import DeadLetterPublisher, RecordPublisher
+from worker.rapidly import (
+    EventStore,
+    LocalRateLimiter,
+    RapidlyClient,
+    RateLimiter,
+    RedisRateLimiter,
+    RetryPolicy,
+)
+from worker.rapidly._store import namespace_for
+from worker.service import EnrichmentService
+from worker.settings import Settings
+
+log = structlog.get_logger()
+
+
+class _MeteredLimiter:
+    """Times waits; falls back to a per-process budget while Redis is unreachable."""
+
+    def __init__(self, inner: RateLimiter, fallback: RateLimiter | None = None):
+        self._inner = inner
+        self._fallback = fallback
+
+    def acquire(self) -> float:
+        try:
+            waited = self._inner.acquire()
+        except Exception as exc:
+            if self._fallback is None:
+                raise
+            log.warning("ratelimit.redis_unavailable", error=type(exc).__name__)
+            waited = self._fallback.acquire()
+        metrics.RATELIMIT_WAIT.observe(waited)
+        return waited
+
+    def penalize(self, seconds: float) -> None:
+        try:
+            self._inner.penalize(seconds)
+        except Exception:  # noqa: BLE001 - the local fallback still slows this process
+            pass
+        if self._fallback is not None:
+            self._fallback.penalize(seconds)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    client: RapidlyClient
+    store: EventStore
+    publisher: RecordPublisher
+    dead_letters: DeadLetterPublisher
+    dedupe: DedupeStore
+    service: EnrichmentService
+    health: HealthState
+    redis: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        token = settings.rapidly_api_token.get_secret_value()
+        register_secret(token)
+        namespace = namespace_for(token)
+        redis = None
+        local_limiter = LocalRateLimiter(settings.rate_limit)
+        limiter: RateLimiter = _MeteredLimiter(local_limiter)
+        dedupe: DedupeStore = LocalDedupeStore(ttl=settings.dedupe_ttl_seconds,
+                                               lease=settings.dedupe_lease_seconds)
+        if settings.redis_url:
+            import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
+
+            redis = redis_lib.Redis.from_url(
+                settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                health_check_interval=30, retry_on_timeout=True,
+            )
+            limiter = _MeteredLimiter(
+                RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit),
+                fallback=local_limiter,
+            )
+            dedupe = RedisDedupeStore(redis, namespace, ttl=settings.dedupe_ttl_seconds,
+                                      lease=settings.dedupe_lease_seconds)
+        client = RapidlyClient(
+            settings.rapidly_api_url,
+            settings.rapidly_api_token,
+            limiter=limiter,
+            timeout=settings.api_timeout_seconds,
+            max_connections=settings.api_max_connections,
+            observer=metrics.observe_api,
+        )
+        policy = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            budget_seconds=settings.retry_budget_seconds,
+            not_found_wait_seconds=settings.not_found_wait_seconds,
+            parent_not_found_wait_seconds=min(5.0, settings.not_found_wait_seconds),
+            rate_limit_wait_seconds=settings.event_deadline_seconds,
+        )
+        store = EventStore(
+            client, policy=policy, limiter=limiter, max_events=settings.cache_max_events,
+            event_max_age=settings.event_max_age_seconds,
+            counts_max_age=settings.counts_max_age_seconds,
+            redis=redis, redis_namespace=namespace, redis_ttl=settings.cache_ttl_seconds,
+        )
+        publisher = RecordPublisher(settings.downstream_url,
+                                    timeout=settings.publish_timeout_seconds,
+                                    pool_size=max(4, min(64, settings.worker_concurrency // 4)))
+        dead_letters = DeadLetterPublisher(settings.broker_url,
+                                           timeout=settings.publish_timeout_seconds)
+        service = EnrichmentService(
+            store, publisher, dedupe,
+            max_depth=settings.enrich_max_depth,
+            lease_wait_seconds=settings.dedupe_lease_seconds + 5,
+            on_published=_count_published,
+        )
+        return cls(settings, client, store, publisher, dead_letters, dedupe, service,
+                   HealthState(settings.health_dir), redis)
+
+    def start(self, *, attempts: int = 30) -> None:
+        """Declare the topology (retrying while the brokers come up) and probe the token."""
+        for name, declare in (("downstream", self.publisher.declare_topology),
+                              ("input", self.dead_letters.declare_topology)):
+            for attempt in range(1, attempts + 1):
+                try:
+                    declare()
+                    break
+                except Exception as exc:
+                    if attempt == attempts:
+                        raise
+                    log.warning("worker.declare_retry", broker=name, attempt=attempt,
+                                error=f"{type(exc).__name__}: {exc}")
+                    time.sleep(min(5.0, 0.5 * attempt))
+        self.probe_api()
+
+    def probe_api(self) -> bool:
+        try:
+            self.client.check_token()
+        except ConfigurationError as exc:
+            self.api_rejected(exc)
+            return False
+        except WorkerError as exc:  # the API is down, not the token: stay ready, events retry
+            log.warning("worker.api_probe_failed", error=str(exc))
+            return True
+        self.api_accepted()
+        return True
+
+    def api_rejected(self, exc: ConfigurationError) -> None:
+        log.error("worker.api_rejects_token", error=str(exc), status=exc.status,
+                  request_id=exc.request_id)
+        self.health.api_rejected(str(exc))
+        metrics.READY.set(0)
+
+    def api_accepted(self) -> None:
+        self.health.api_accepted()
+        metrics.READY.set(1 if self.health.ready else 0)
+
+    def close(self) -> None:
+        for closer in (self.client.close, self.publisher.close, self.dead_letters.close):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                log.warning("worker.close_failed", error=type(exc).__name__)
+        if self.redis is not None:
+            self.redis.close()
+
+
+def _count_published(record: EnrichedRecord) -> None:
+    metrics.PUBLISHED.labels("customer_created" if record.is_customer_created else "other").inc()
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def install(runtime: Runtime | None) -> None:
+    global _current  # noqa: PLW0603 - the one per-process slot, set at boot
+    with _lock:
+        _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("worker runtime not started (worker_init did not run)")
+    return _current

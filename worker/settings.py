@@ -1,0 +1,143 @@
+"""Settings: read once from the environment at start-up and passed down.
+
+Every field has a default except the token. A wrong value stops the process at start-up with one
+line naming the variable (see ``load_settings``); nothing else in the worker reads the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_URL = "https://api.rapidly.tech"
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.I)
+_PER_SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+                "h": 3600.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A request budget: ``count`` requests every ``per_seconds``."""
+
+    count: float
+    per_seconds: float
+    text: str
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per_seconds
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        match = _RATE_RE.match(text)
+        if not match:
+            raise ValueError(f"expected '<n>/s', '<n>/min' or '<n>/h', got {text!r}")
+        count = float(match.group(1))
+        if count <= 0:
+            raise ValueError(f"the budget must be positive, got {text!r}")
+        return cls(count=count, per_seconds=_PER_SECONDS[match.group(2).lower()], text=text.strip())
+
+
+def _broker_url(value: str) -> str:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory"}:
+        raise ValueError("expected an amqp://, amqps://, redis:// or rediss:// URL")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told. Names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+
+    # --- the contract's variables (CONTRACT.md section 4)
+    rapidly_api_url: Annotated[str, AfterValidator(_http_url)] = DEFAULT_API_URL
+    rapidly_api_token: SecretStr = Field(default=SecretStr(""))
+    broker_url: BrokerUrl = DEFAULT_BROKER_URL
+    downstream_broker_url: BrokerUrl | None = None
+    redis_url: str | None = None
+    rapidly_rate_limit: str = "500/min"
+
+    # --- the worker's own knobs (README: Configuration)
+    worker_concurrency: int = Field(default=100, ge=1, le=2000)
+    worker_prefetch_multiplier: int = Field(default=1, ge=1, le=16)
+    enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
+    api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    api_max_connections: int = Field(default=50, ge=1, le=1000)
+    not_found_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
+    retry_budget_seconds: float = Field(default=45.0, ge=0, le=3600)
+    retry_max_attempts: int = Field(default=8, ge=1, le=100)
+    event_deadline_seconds: float = Field(default=60.0, gt=0, le=3600)
+    auth_retry_seconds: float = Field(default=15.0, gt=0, le=3600)
+    cache_max_events: int = Field(default=50_000, ge=0, le=10_000_000)
+    cache_ttl_seconds: int = Field(default=86_400, ge=1)
+    counts_max_age_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    event_max_age_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    dedupe_ttl_seconds: int = Field(default=7 * 86_400, ge=60)
+    dedupe_lease_seconds: int = Field(default=120, ge=5, le=3600)
+    broker_visibility_timeout: int = Field(default=900, ge=60)
+    publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
+    health_dir: str = "/tmp/rapidly-worker"  # noqa: S108 - a per-pod emptyDir in Kubernetes
+
+    @field_validator("rapidly_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        RateLimit.parse(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        return RateLimit.parse(self.rapidly_rate_limit)
+
+    @property
+    def downstream_url(self) -> str:
+        return self.downstream_broker_url or self.broker_url
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line naming the variable, never its secret value."""
+
+
+def load_settings(*, require_token: bool = True, **overrides: object) -> Settings:
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "?"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid configuration: {variable}: {message}") from None
+    if require_token and not settings.rapidly_api_token.get_secret_value():
+        raise SettingsError("invalid configuration: RAPIDLY_API_TOKEN: required, not set")
+    return settings

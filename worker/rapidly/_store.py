@@ -213,7 +213,7 @@ class EventStore:
         policy = self._policy
         started = time.monotonic()
         failures = not_found = 0
-        rate_limited_for = 0.0
+        rate_limited_for = slept = 0.0
         while True:
             api_calls.set(api_calls.get() + 1)
             try:
@@ -228,19 +228,21 @@ class EventStore:
                 policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
             except EventNotYetVisible:
                 not_found += 1
-                elapsed = time.monotonic() - started
+                elapsed = max(time.monotonic() - started, slept)
                 delay = min(policy.max_delay, 0.25 * 2 ** (not_found - 1))
                 if not_found_wait is None or elapsed + delay > not_found_wait:
                     raise EventNotFound(event_id or "?", waited=elapsed, attempts=not_found) from None
                 policy.sleep(delay)
+                slept += delay
             except ApiUnavailable as exc:
                 failures += 1
-                elapsed = time.monotonic() - started
+                elapsed = max(time.monotonic() - started, slept)
                 delay = policy.backoff(failures)
                 if failures >= policy.max_attempts or elapsed + delay > policy.budget_seconds:
                     raise RetriesExhausted(exc, attempts=failures, elapsed=elapsed) from None
                 log.info("api.retry", error=str(exc), attempt=failures, delay=round(delay, 3))
                 policy.sleep(delay)
+                slept += delay
 
     def _collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:

@@ -1,0 +1,93 @@
+"""An in-memory API behind httpx.MockTransport, for unit tests of the client and the store.
+
+Integration tests use the real simulator over HTTP instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+TOKEN = "unit_test_token_5f2b9c"
+BASE = "http://api.test"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def make_event(event_id: str, parent_id: str | None = None, *, name: str = "api_call",
+               source: str = "user", ts: str = "2026-11-20T10:00:00Z", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": event_id, "timestamp": ts, "workspace_id": "ws", "customer_id": None,
+        "customer": None, "external_customer_id": None, "member_id": None,
+        "external_member_id": None, "child_count": 0, "parent_id": parent_id,
+        "label": name.title(), "source": source, "name": name, "metadata": {}, **extra,
+    }
+
+
+class FakeApi:
+    def __init__(self, events: list[dict[str, Any]] | None = None) -> None:
+        self.events: dict[str, dict[str, Any]] = {e["id"]: e for e in events or []}
+        self.calls: Counter[str] = Counter()
+        self.requests: list[httpx.Request] = []
+        self.script: list[Callable[[httpx.Request], httpx.Response | None]] = []
+        self.lock = threading.Lock()
+
+    def add(self, *events: dict[str, Any]) -> None:
+        for event in events:
+            self.events[event["id"]] = event
+
+    def descendants(self, event_id: str) -> int:
+        seen: set[str] = set()
+        frontier = [event_id]
+        while frontier:
+            current = frontier.pop()
+            for e in self.events.values():
+                if e["parent_id"] == current and e["id"] not in seen and e["id"] != event_id:
+                    seen.add(e["id"])
+                    frontier.append(e["id"])
+        return len(seen)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests.append(request)
+            if self.script:
+                scripted = self.script.pop(0)(request)
+                if scripted is not None:
+                    self.calls["scripted"] += 1
+                    return scripted
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return httpx.Response(401, json={"error": "invalid_token", "error_description": "x"})
+        path = request.url.path
+        if path == "/api/events/":
+            self.calls["list"] += 1
+            params = request.url.params
+            parent = params.get("parent_id")
+            items = [e for e in self.events.values() if e["parent_id"] == parent and e["id"] != parent]
+            items.sort(key=lambda e: e["timestamp"])
+            limit = min(int(params.get("limit", 10)), 100)
+            page = int(params.get("page", 1))
+            chunk = items[(page - 1) * limit: page * limit]
+            data = [{**e, "child_count": self.descendants(e["id"])} for e in chunk]
+            total = len(items) if chunk or page == 1 else 0
+            return httpx.Response(200, json={"data": data, "meta": {
+                "total": total, "page": page, "per_page": limit, "pages": max(1, -(-len(items) // limit))}})
+        if path.startswith("/api/events/"):
+            self.calls["get"] += 1
+            event_id = path.rsplit("/", 1)[1]
+            event = self.events.get(event_id)
+            if event is None:
+                return httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})
+            return httpx.Response(200, content=json.dumps({**event, "child_count": 0}).encode(),
+                                  headers={"content-type": "application/json", "x-request-id": "req-1"})
+        return httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})

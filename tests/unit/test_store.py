@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from tests.unit.fakeapi import FakeApi, make_event, new_id
+from worker.enrichment import enrich_event
+from worker.errors import EventNotFound, RetriesExhausted
+from worker.rapidly import EventStore, LocalRateLimiter
+from worker.rapidly._store import api_calls
+from worker.settings import RateLimit
+
+
+def tree(api: FakeApi) -> dict[str, dict]:
+    root = make_event(new_id(), source="system", name="customer.created")
+    c1 = make_event(new_id(), root["id"])
+    c2 = make_event(new_id(), root["id"], ts="2026-11-20T10:00:01Z")
+    g1 = make_event(new_id(), c1["id"])
+    api.add(root, c1, c2, g1)
+    return {"root": root, "c1": c1, "c2": c2, "g1": g1}
+
+
+def test_counts_direct_and_descendants_from_the_list(api: FakeApi, store: EventStore) -> None:
+    t = tree(api)
+    record = enrich_event(t["root"]["id"], store, max_depth=100)
+    h = record.body["hierarchy"]
+    assert (h["child_count"], h["descendant_count"]) == (2, 3)
+    assert record.body["event"]["child_count"] == 0
+    assert record.routing_key == "system.customer.created"
+
+
+def test_children_from_a_list_cost_no_further_calls(api: FakeApi, store: EventStore) -> None:
+    t = tree(api)
+    enrich_event(t["root"]["id"], store, max_depth=100)  # GET root + list children
+    before = sum(api.calls.values())
+    record = enrich_event(t["c2"]["id"], store, max_depth=100)
+    # c2 came with the root's children list (descendants 0) and its parent is cached.
+    assert sum(api.calls.values()) == before
+    assert record.body["hierarchy"]["root_id"] == t["root"]["id"]
+    assert record.body["hierarchy"]["descendant_count"] == 0
+    assert record.body["event"] == {**t["c2"], "child_count": 0}
+
+
+def test_second_enrichment_of_an_event_is_cached(api: FakeApi, store: EventStore) -> None:
+    t = tree(api)
+    enrich_event(t["g1"]["id"], store, max_depth=100)
+    calls = sum(api.calls.values())
+    assert calls == 4  # GET g1, GET c1, GET root, list children of g1
+    enrich_event(t["g1"]["id"], store, max_depth=100)
+    assert sum(api.calls.values()) == calls
+
+
+def test_concurrent_reads_of_one_id_collapse_into_one_call(api: FakeApi, store: EventStore) -> None:
+    event = make_event(new_id())
+    api.add(event)
+    gate = threading.Event()
+    original = api.handle
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        gate.wait(2)
+        return original(request)
+
+    api.handle = slow  # type: ignore[method-assign]
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(store.event(event["id"]).id)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert results == [event["id"]] * 8
+    assert api.calls["get"] == 1
+
+
+def test_replica_lag_404_then_found(api: FakeApi, store: EventStore, sleeps: list[float]) -> None:
+    event = make_event(new_id())
+    api.add(event)
+    not_found = httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})
+    api.script.extend([lambda r: not_found, lambda r: not_found])
+    assert store.event(event["id"]).id == event["id"]
+    assert len(sleeps) == 2
+
+
+def test_404_for_good_becomes_event_not_found(api: FakeApi, store: EventStore) -> None:
+    with pytest.raises(EventNotFound) as info:
+        store.event(new_id())
+    assert info.value.reason == "event_not_found"
+    assert info.value.attempts >= 2
+
+
+def test_parent_that_stays_404_is_none(api: FakeApi, store: EventStore) -> None:
+    child = make_event(new_id(), new_id())
+    api.add(child)
+    record = enrich_event(child["id"], store, max_depth=100)
+    h = record.body["hierarchy"]
+    assert (h["complete"], h["incomplete_reason"], h["depth"], h["root_id"]) == (False, "parent_not_found", 0, child["id"])
+
+
+def test_5xx_is_retried_then_exhausted(api: FakeApi, store: EventStore, sleeps: list[float]) -> None:
+    api.script.extend([lambda r: httpx.Response(500, text="Internal Server Error")] * 10)
+    with pytest.raises(RetriesExhausted) as info:
+        store.event(new_id())
+    assert info.value.attempts == 4
+    assert info.value.reason == "exhausted_retries"
+    assert "HTTP 500" in str(info.value)
+
+
+def test_429_waits_retry_after_and_is_not_an_attempt(api: FakeApi, client, sleeps: list[float]) -> None:
+    from worker.rapidly import RetryPolicy
+
+    limiter = LocalRateLimiter(RateLimit.parse("1000/s"))
+    store = EventStore(client, limiter=limiter, policy=RetryPolicy(max_attempts=1, sleep=sleeps.append))
+    event = make_event(new_id())
+    api.add(event)
+    api.script.extend([lambda r: httpx.Response(429, headers={"Retry-After": "2"})] * 3)
+    assert store.event(event["id"]).id == event["id"]  # max_attempts=1, yet 3 429s were survived
+    assert len(sleeps) == 3
+    assert all(s >= 2 for s in sleeps)
+    assert limiter._next > 0  # the limiter was pushed back
+
+
+def test_api_calls_are_counted_per_context(api: FakeApi, store: EventStore) -> None:
+    t = tree(api)
+    api_calls.set(0)
+    enrich_event(t["c1"]["id"], store, max_depth=100)
+    assert api_calls.get() == sum(api.calls.values()) == 3
+
+
+def test_lru_is_bounded(api: FakeApi, client) -> None:
+    store = EventStore(client, max_events=10)
+    for _ in range(30):
+        e = make_event(new_id())
+        api.add(e)
+        store.event(e["id"])
+    assert store.cached_count() == 10

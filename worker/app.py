@@ -148,6 +148,7 @@ class EnrichTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     typing = False  # arguments are checked here, so a bad message is dead-lettered, not crashed
+    throws = (DeadLetter,)  # expected outcomes: logged without a traceback
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
@@ -338,6 +339,7 @@ def _ready(**_: Any) -> None:
     _loop_alive.tick()
     rt = runtime.current()
     rt.health.beat(broker_connected=True)
+    log.info("worker.consumer_ready")
 
 
 @signals.worker_shutdown.connect

@@ -98,9 +98,7 @@ class RecordPublisher:
             record.body,
             exchange=ENRICHED_EXCHANGE,
             routing_key=record.routing_key,
-            serializer="json",
-            content_type="application/json",
-            content_encoding="utf-8",
+            serializer="json",  # content_type application/json, utf-8
             delivery_mode=2,
             message_id=record.event_id,
             headers={"schema": record.schema},

@@ -1,0 +1,239 @@
+"""Real processes for integration tests: the simulator, the worker from the Procfile line, and
+broker-side helpers that send like a plain producer and read like a plain consumer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = str(Path(sys.executable).parent)
+TOKEN = "sim_oat_valid_token_0123456789"
+
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_BROKER_URL = os.environ.get("TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/14")
+REDIS_STORE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+EVENTS = "rapidly.events"
+DEAD = "rapidly.events.dead"
+ENRICHED = Exchange("rapidly.enriched", type="topic", durable=True)
+CUSTOMER_CREATED = Queue("rapidly.customer_created", ENRICHED, routing_key="system.customer.created", durable=True)
+# A test-only queue that sees every record (the contract only promises the exchange).
+ALL_RECORDS = Queue("test.all_records", ENRICHED, routing_key="#", durable=True)
+
+
+def reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (5672 if parsed.scheme.startswith("amqp") else 6379)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def procfile_command(kind: str = "worker") -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{kind}:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"Procfile has no {kind}: line")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SimulatorProcess:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator", "--port", "0", *args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("simulator did not start")
+        self.url = json.loads(line)["url"]
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="POST" if body is not None else "GET",
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local simulator
+            return json.loads(response.read() or b"null")
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("/_sim/stats")
+
+    def configure(self, **knobs: Any) -> Any:
+        return self.admin("/_sim/config", knobs)
+
+    def dataset(self) -> dict[str, Any]:
+        return self.admin("/_sim/dataset")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    logs: list[str] = field(default_factory=list)
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+        env.pop("CI", None)
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            ["bash", "-c", procfile_command()], cwd=ROOT, env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if self.log_text().count("worker.consumer_ready") >= self.starts:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            assert self.proc is not None
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def producer(broker_url: str) -> Celery:
+    """Exactly what CONTRACT.md shows a producer doing: none of the project's code."""
+    return Celery(broker=broker_url)
+
+
+def send(app: Celery, event_id: Any) -> None:
+    app.send_task("events.enrich", args=[event_id], queue=EVENTS)
+
+
+def purge(broker_url: str) -> None:
+    with Connection(broker_url) as conn:
+        channel = conn.default_channel
+        for queue in (Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True),
+                      Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True),
+                      CUSTOMER_CREATED, ALL_RECORDS):
+            bound = queue.bind(channel)
+            bound.declare()
+            bound.purge()
+
+
+def drain(broker_url: str, queue: Queue, *, expect: int, timeout: float,
+          settle: float = 0.0) -> list[Any]:
+    """Read (and ack) messages until ``expect`` arrived, then wait ``settle`` more for extras."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    with Connection(broker_url) as conn:
+        bound = queue.bind(conn.default_channel)
+        while True:
+            now = time.monotonic()
+            if len(got) >= expect:
+                settle_until = settle_until or now + settle
+                if now >= settle_until:
+                    break
+            elif now >= deadline:
+                break
+            message = bound.get(no_ack=False)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            message.ack()
+            got.append(message)
+    return got
+
+
+def worker_env(*, api_url: str, broker_url: str, tmp: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
+    env = {
+        "RAPIDLY_API_URL": api_url,
+        "RAPIDLY_API_TOKEN": TOKEN,
+        "BROKER_URL": broker_url,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "WORKER_CONCURRENCY": "50",
+        "NOT_FOUND_WAIT_SECONDS": "2",
+        "RETRY_BUDGET_SECONDS": "10",
+        "AUTH_RETRY_SECONDS": "1",
+        "METRICS_PORT": str(free_port()),
+        "HEALTH_DIR": str(tmp / "health"),
+        "RAPIDLY_RATE_LIMIT": "2000/s",
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+def quote(s: str) -> str:
+    return shlex.quote(s)

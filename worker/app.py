@@ -25,7 +25,6 @@ from worker.errors import (
     ConfigurationError,
     InvalidMessage,
     PermanentError,
-    RetriesExhausted,
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
@@ -129,7 +128,7 @@ class AuthGate:
 auth_gate = AuthGate()
 
 
-class DeadLetter(Exception):  # noqa: N818 - an instruction to the request, not an error
+class DeadLetter(Exception):
     def __init__(self, reason: str, detail: str, attempts: int):
         self.reason = reason
         self.detail = detail
@@ -141,7 +140,7 @@ def _attempts(exc: BaseException) -> int:
     return int(getattr(exc, "attempts", 1) or 1)
 
 
-class EnrichTask(Task):  # type: ignore[misc]
+class EnrichTask(Task[Any, Any]):
     """Maps the service's typed errors to what happens to the message."""
 
     Request = "worker.app:DeadLetteringRequest"
@@ -171,9 +170,12 @@ class EnrichTask(Task):  # type: ignore[misc]
             summary = {"outcome": outcome.outcome}
             if record is not None:
                 hierarchy = record.body["hierarchy"]
-                summary.update(routing_key=record.routing_key, depth=hierarchy["depth"],
-                               complete=hierarchy["complete"],
-                               incomplete_reason=hierarchy["incomplete_reason"])
+                summary.update(
+                    routing_key=record.routing_key,
+                    depth=hierarchy["depth"],
+                    complete=hierarchy["complete"],
+                    incomplete_reason=hierarchy["incomplete_reason"],
+                )
             return outcome.outcome
         except Reject:
             raise
@@ -203,8 +205,12 @@ class EnrichTask(Task):  # type: ignore[misc]
             metrics.EVENTS.labels(outcome_name).inc()
             metrics.ENRICH_SECONDS.observe(duration)
             level = "warning" if outcome_name in ("dead_lettered", "requeued") else "info"
-            getattr(log, level)("enrich.finished", api_calls=api_calls.get(),
-                                duration_ms=round(duration * 1000, 1), **summary)
+            getattr(log, level)(
+                "enrich.finished",
+                api_calls=api_calls.get(),
+                duration_ms=round(duration * 1000, 1),
+                **summary,
+            )
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -219,18 +225,20 @@ def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     )
 
 
-class DeadLetteringRequest(Request):  # type: ignore[misc]
+class DeadLetteringRequest(Request):
     """Dead-letters the original message (not a copy rebuilt from the request) before acking."""
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback wraps it
         if not isinstance(exc, DeadLetter):
-            return super().on_failure(exc_info, send_failed_event, return_ok)  # type: ignore[no-any-return]
+            return super().on_failure(exc_info, send_failed_event, return_ok)
         from celery.worker.state import task_ready  # noqa: PLC0415
 
         task_ready(self)
-        if dead_letter(self._message, exc.reason, exc.detail, exc.attempts):
+        if dead_letter(self.message, exc.reason, exc.detail, exc.attempts):
             self.acknowledge()
         else:
             self.reject(requeue=True)
@@ -240,8 +248,9 @@ class DeadLetteringRequest(Request):  # type: ignore[misc]
 def dead_letter(message: Any, reason: str, detail: str, attempts: int) -> bool:
     """Publish ``message`` unchanged to rapidly.events.dead; True once the broker confirmed."""
     try:
-        runtime.current().dead_letters.publish(message, reason=reason, detail=detail,
-                                               attempts=attempts)
+        runtime.current().dead_letters.publish(
+            message, reason=reason, detail=detail, attempts=attempts
+        )
     except Exception as exc:  # noqa: BLE001 - not confirmed: the message goes back, not lost
         log.error("deadletter.failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
         time.sleep(REQUEUE_DELAY_SECONDS)
@@ -251,7 +260,7 @@ def dead_letter(message: Any, reason: str, detail: str, attempts: int) -> bool:
     return True
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+class DeadLetteringConsumer(Consumer):
     """Messages Celery cannot run (wrong content type, undecodable body, unknown task, not a
     Celery message) are dead-lettered with a reason instead of being dropped; none is executed."""
 
@@ -262,8 +271,11 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message.reject(requeue=True)
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        self._dead_letter_raw(message, "malformed_message",
-                              f"body could not be decoded as {message.content_type}: {type(exc).__name__}")
+        self._dead_letter_raw(
+            message,
+            "malformed_message",
+            f"body could not be decoded as {message.content_type}: {type(exc).__name__}",
+        )
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         self._dead_letter_raw(message, "malformed_message", "not a Celery task message")
@@ -276,10 +288,15 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         from kombu.exceptions import ContentDisallowed  # noqa: PLC0415
 
         if isinstance(exc, ContentDisallowed):
-            self._dead_letter_raw(message, "content_type_not_allowed",
-                                  f"content type {message.content_type!r} is not accepted (JSON only)")
+            self._dead_letter_raw(
+                message,
+                "content_type_not_allowed",
+                f"content type {message.content_type!r} is not accepted (JSON only)",
+            )
         else:
-            self._dead_letter_raw(message, "malformed_message", f"invalid task message: {type(exc).__name__}")
+            self._dead_letter_raw(
+                message, "malformed_message", f"invalid task message: {type(exc).__name__}"
+            )
 
     def perform_pending_operations(self) -> None:
         _loop_alive.tick()
@@ -327,11 +344,16 @@ def _boot(sender: Any = None, **_: Any) -> None:
     metrics.serve(settings.metrics_port)
     rt.start()
     _stop_heartbeat.clear()
-    threading.Thread(target=_heartbeat_forever, args=(_stop_heartbeat,), daemon=True,
-                     name="heartbeat").start()
-    log.info("worker.started", concurrency=settings.worker_concurrency,
-             api_url=settings.rapidly_api_url, redis=bool(settings.redis_url),
-             rate_limit=settings.rapidly_rate_limit)
+    threading.Thread(
+        target=_heartbeat_forever, args=(_stop_heartbeat,), daemon=True, name="heartbeat"
+    ).start()
+    log.info(
+        "worker.started",
+        concurrency=settings.worker_concurrency,
+        api_url=settings.rapidly_api_url,
+        redis=bool(settings.redis_url),
+        rate_limit=settings.rapidly_rate_limit,
+    )
 
 
 @signals.worker_ready.connect

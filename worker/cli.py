@@ -1,4 +1,4 @@
-"""``rapidly-worker``: run | demo | health live|ready | check-config.
+"""``rapidly-worker``: run | health live|ready | check-config.
 
 Kept import-light on purpose: ``run`` must monkey-patch for gevent before anything imports
 sockets, threads or SSL.
@@ -14,9 +14,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rapidly-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run a worker from the environment (the Procfile's worker: line)")
-    demo = sub.add_parser("demo", help="enrich the simulator's dataset on an in-process broker")
-    demo.add_argument("--show", type=int, default=3, help="customer-created records to print")
-    demo.add_argument("--seed", type=int, default=42)
     health = sub.add_parser("health", help="exit 0 if live/ready (for Kubernetes probes)")
     health.add_argument("what", choices=["live", "ready"])
     health.add_argument("--dir", default=None, help="HEALTH_DIR (default: from the environment)")
@@ -25,10 +22,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         return _run()
-    if args.command == "demo":
-        from worker.demo import run_demo  # noqa: PLC0415
-
-        return run_demo(show=args.show, seed=args.seed)
     if args.command == "health":
         return _health(args.what, args.dir)
     return _check_config()
@@ -56,16 +49,18 @@ def _run() -> int:
     from worker.app import configure  # noqa: PLC0415
 
     celery_app = configure(settings)
-    celery_app.worker_main([
-        "worker",
-        "--pool=gevent",
-        f"--concurrency={settings.worker_concurrency}",
-        f"--queues={_queue_name()}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        f"--loglevel={settings.log_level}",
-    ])
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=gevent",
+            f"--concurrency={settings.worker_concurrency}",
+            f"--queues={_queue_name()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
     return 0
 
 
@@ -87,8 +82,10 @@ def _health(what: str, directory: str | None) -> int:
 
 def _check_config() -> int:
     settings = _load()
-    print(f"ok: API {settings.rapidly_api_url}, budget {settings.rapidly_rate_limit}, "
-          f"redis {'on' if settings.redis_url else 'off'}")
+    print(
+        f"ok: API {settings.rapidly_api_url}, budget {settings.rapidly_rate_limit}, "
+        f"redis {'on' if settings.redis_url else 'off'}"
+    )
     return 0
 
 

@@ -31,6 +31,11 @@ log = structlog.get_logger()
 DONE = b"done"
 
 
+_RELEASE_OWN_LEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 class Claim(Enum):
     ACQUIRED = "acquired"  # publish now, then call complete()
     DONE = "done"  # already published: acknowledge, publish nothing
@@ -107,7 +112,11 @@ class RedisDedupeStore:
         if value == DONE:
             return Claim.DONE
         if value is None:  # the lease expired between our two calls: try once more
-            return Claim.ACQUIRED if self._redis.set(key, self._owner, nx=True, ex=self._lease) else Claim.BUSY
+            return (
+                Claim.ACQUIRED
+                if self._redis.set(key, self._owner, nx=True, ex=self._lease)
+                else Claim.BUSY
+            )
         return Claim.BUSY
 
     def complete(self, event_id: str) -> None:
@@ -117,6 +126,8 @@ class RedisDedupeStore:
         key = self._prefix + event_id
         # Only our own lease, and never a done mark.
         self._redis.eval(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            1, key, self._owner,
+            _RELEASE_OWN_LEASE,
+            1,
+            key,
+            self._owner,
         )

@@ -59,7 +59,9 @@ class HealthState:
             (self._dir / name).unlink(missing_ok=True)
 
 
-def check(directory: str, what: str, *, stale_after: float = LIVE_STALE_SECONDS) -> tuple[bool, str]:
+def check(
+    directory: str, what: str, *, stale_after: float = LIVE_STALE_SECONDS
+) -> tuple[bool, str]:
     """(ok, one-line reason) for ``live`` or ``ready``."""
     base = Path(directory)
     try:

@@ -5,18 +5,31 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("rapidly_events", "Events processed, by outcome", ["outcome"])
-API_REQUESTS = Counter("rapidly_api_requests", "Rapidly API requests, by kind and status",
-                       ["kind", "status"])
-API_SECONDS = Histogram("rapidly_api_request_seconds", "Rapidly API request latency", ["kind"],
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-ENRICH_SECONDS = Histogram("rapidly_enrich_seconds", "Time from task start to outcome",
-                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-RATELIMIT_WAIT = Histogram("rapidly_ratelimit_wait_seconds", "Time waited for API budget",
-                           buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+API_REQUESTS = Counter(
+    "rapidly_api_requests", "Rapidly API requests, by kind and status", ["kind", "status"]
+)
+API_SECONDS = Histogram(
+    "rapidly_api_request_seconds",
+    "Rapidly API request latency",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ENRICH_SECONDS = Histogram(
+    "rapidly_enrich_seconds",
+    "Time from task start to outcome",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RATELIMIT_WAIT = Histogram(
+    "rapidly_ratelimit_wait_seconds",
+    "Time waited for API budget",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 DEAD_LETTERS = Counter("rapidly_dead_letters", "Dead-lettered messages, by reason", ["reason"])
 # Labelled by kind, not routing key: user event names are unbounded.
 PUBLISHED = Counter("rapidly_records_published", "Records confirmed by the broker", ["kind"])
-READY = Gauge("rapidly_worker_ready", "1 while the broker is reachable and the API accepts the token")
+READY = Gauge(
+    "rapidly_worker_ready", "1 while the broker is reachable and the API accepts the token"
+)
 
 
 def observe_api(kind: str, status: str, seconds: float) -> None:

@@ -56,8 +56,8 @@ class _MeteredLimiter:
     def penalize(self, seconds: float) -> None:
         try:
             self._inner.penalize(seconds)
-        except Exception:  # noqa: BLE001 - the local fallback still slows this process
-            pass
+        except Exception as exc:  # noqa: BLE001 - the local fallback still slows this process
+            log.warning("ratelimit.penalize_failed", error=type(exc).__name__)
         if self._fallback is not None:
             self._fallback.penalize(seconds)
 
@@ -82,21 +82,29 @@ class Runtime:
         redis = None
         local_limiter = LocalRateLimiter(settings.rate_limit)
         limiter: RateLimiter = _MeteredLimiter(local_limiter)
-        dedupe: DedupeStore = LocalDedupeStore(ttl=settings.dedupe_ttl_seconds,
-                                               lease=settings.dedupe_lease_seconds)
+        dedupe: DedupeStore = LocalDedupeStore(
+            ttl=settings.dedupe_ttl_seconds, lease=settings.dedupe_lease_seconds
+        )
         if settings.redis_url:
             import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
 
             redis = redis_lib.Redis.from_url(
-                settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                health_check_interval=30, retry_on_timeout=True,
+                settings.redis_url,
+                socket_timeout=2.0,
+                socket_connect_timeout=2.0,
+                health_check_interval=30,
+                retry_on_timeout=True,
             )
             limiter = _MeteredLimiter(
                 RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit),
                 fallback=local_limiter,
             )
-            dedupe = RedisDedupeStore(redis, namespace, ttl=settings.dedupe_ttl_seconds,
-                                      lease=settings.dedupe_lease_seconds)
+            dedupe = RedisDedupeStore(
+                redis,
+                namespace,
+                ttl=settings.dedupe_ttl_seconds,
+                lease=settings.dedupe_lease_seconds,
+            )
         client = RapidlyClient(
             settings.rapidly_api_url,
             settings.rapidly_api_token,
@@ -113,29 +121,50 @@ class Runtime:
             rate_limit_wait_seconds=settings.event_deadline_seconds,
         )
         store = EventStore(
-            client, policy=policy, limiter=limiter, max_events=settings.cache_max_events,
+            client,
+            policy=policy,
+            limiter=limiter,
+            max_events=settings.cache_max_events,
             event_max_age=settings.event_max_age_seconds,
             counts_max_age=settings.counts_max_age_seconds,
-            redis=redis, redis_namespace=namespace, redis_ttl=settings.cache_ttl_seconds,
+            redis=redis,
+            redis_namespace=namespace,
+            redis_ttl=settings.cache_ttl_seconds,
         )
-        publisher = RecordPublisher(settings.downstream_url,
-                                    timeout=settings.publish_timeout_seconds,
-                                    pool_size=max(4, min(64, settings.worker_concurrency // 4)))
-        dead_letters = DeadLetterPublisher(settings.broker_url,
-                                           timeout=settings.publish_timeout_seconds)
+        publisher = RecordPublisher(
+            settings.downstream_url,
+            timeout=settings.publish_timeout_seconds,
+            pool_size=max(4, min(64, settings.worker_concurrency // 4)),
+        )
+        dead_letters = DeadLetterPublisher(
+            settings.broker_url, timeout=settings.publish_timeout_seconds
+        )
         service = EnrichmentService(
-            store, publisher, dedupe,
+            store,
+            publisher,
+            dedupe,
             max_depth=settings.enrich_max_depth,
             lease_wait_seconds=settings.dedupe_lease_seconds + 5,
             on_published=_count_published,
         )
-        return cls(settings, client, store, publisher, dead_letters, dedupe, service,
-                   HealthState(settings.health_dir), redis)
+        return cls(
+            settings,
+            client,
+            store,
+            publisher,
+            dead_letters,
+            dedupe,
+            service,
+            HealthState(settings.health_dir),
+            redis,
+        )
 
     def start(self, *, attempts: int = 30) -> None:
         """Declare the topology (retrying while the brokers come up) and probe the token."""
-        for name, declare in (("downstream", self.publisher.declare_topology),
-                              ("input", self.dead_letters.declare_topology)):
+        for name, declare in (
+            ("downstream", self.publisher.declare_topology),
+            ("input", self.dead_letters.declare_topology),
+        ):
             for attempt in range(1, attempts + 1):
                 try:
                     declare()
@@ -143,8 +172,12 @@ class Runtime:
                 except Exception as exc:
                     if attempt == attempts:
                         raise
-                    log.warning("worker.declare_retry", broker=name, attempt=attempt,
-                                error=f"{type(exc).__name__}: {exc}")
+                    log.warning(
+                        "worker.declare_retry",
+                        broker=name,
+                        attempt=attempt,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     time.sleep(min(5.0, 0.5 * attempt))
         self.probe_api()
 
@@ -161,8 +194,9 @@ class Runtime:
         return True
 
     def api_rejected(self, exc: ConfigurationError) -> None:
-        log.error("worker.api_rejects_token", error=str(exc), status=exc.status,
-                  request_id=exc.request_id)
+        log.error(
+            "worker.api_rejects_token", error=str(exc), status=exc.status, request_id=exc.request_id
+        )
         self.health.api_rejected(str(exc))
         metrics.READY.set(0)
 

@@ -35,7 +35,9 @@ class DedupeUnavailable(TransientError):
 class LeaseBusy(TransientError):
     def __init__(self, event_id: str, waited: float):
         self.event_id = event_id
-        super().__init__(f"event {event_id} is being published by another worker (waited {waited:.0f}s)")
+        super().__init__(
+            f"event {event_id} is being published by another worker (waited {waited:.0f}s)"
+        )
 
 
 class NotPublished(TransientError):

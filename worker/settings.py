@@ -17,8 +17,16 @@ DEFAULT_API_URL = "https://api.rapidly.tech"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.I)
-_PER_SECONDS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-                "h": 3600.0, "hour": 3600.0}
+_PER_SECONDS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 @dataclass(frozen=True, slots=True)

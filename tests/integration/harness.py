@@ -31,7 +31,9 @@ REDIS_STORE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 EVENTS = "rapidly.events"
 DEAD = "rapidly.events.dead"
 ENRICHED = Exchange("rapidly.enriched", type="topic", durable=True)
-CUSTOMER_CREATED = Queue("rapidly.customer_created", ENRICHED, routing_key="system.customer.created", durable=True)
+CUSTOMER_CREATED = Queue(
+    "rapidly.customer_created", ENRICHED, routing_key="system.customer.created", durable=True
+)
 # A test-only queue that sees every record (the contract only promises the exchange).
 ALL_RECORDS = Queue("test.all_records", ENRICHED, routing_key="#", durable=True)
 
@@ -63,7 +65,10 @@ class SimulatorProcess:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "simulator", "--port", "0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             start_new_session=True,
         )
         assert self.proc.stdout is not None
@@ -74,9 +79,13 @@ class SimulatorProcess:
 
     def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="POST" if body is not None else "GET",
-                                         headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local simulator
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="POST" if body is not None else "GET",
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read() or b"null")
 
     def stats(self) -> dict[str, Any]:
@@ -111,8 +120,12 @@ class WorkerProcess:
         self.starts += 1
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            ["bash", "-c", procfile_command()], cwd=ROOT, env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", "-c", procfile_command()],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         return self
@@ -121,7 +134,9 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
             if self.log_text().count("worker.consumer_ready") >= self.starts:
                 return
             time.sleep(0.2)
@@ -181,16 +196,20 @@ def send(app: Celery, event_id: Any) -> None:
 def purge(broker_url: str) -> None:
     with Connection(broker_url) as conn:
         channel = conn.default_channel
-        for queue in (Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True),
-                      Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True),
-                      CUSTOMER_CREATED, ALL_RECORDS):
+        for queue in (
+            Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True),
+            Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True),
+            CUSTOMER_CREATED,
+            ALL_RECORDS,
+        ):
             bound = queue.bind(channel)
             bound.declare()
             bound.purge()
 
 
-def drain(broker_url: str, queue: Queue, *, expect: int, timeout: float,
-          settle: float = 0.0) -> list[Any]:
+def drain(
+    broker_url: str, queue: Queue, *, expect: int, timeout: float, settle: float = 0.0
+) -> list[Any]:
     """Read (and ack) messages until ``expect`` arrived, then wait ``settle`` more for extras."""
     got: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -214,7 +233,9 @@ def drain(broker_url: str, queue: Queue, *, expect: int, timeout: float,
     return got
 
 
-def worker_env(*, api_url: str, broker_url: str, tmp: Path, redis_url: str | None, **extra: str) -> dict[str, str]:
+def worker_env(
+    *, api_url: str, broker_url: str, tmp: Path, redis_url: str | None, **extra: str
+) -> dict[str, str]:
     env = {
         "RAPIDLY_API_URL": api_url,
         "RAPIDLY_API_TOKEN": TOKEN,

@@ -26,6 +26,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def store(client: RapidlyClient, sleeps: list[float]) -> EventStore:
-    policy = RetryPolicy(max_attempts=4, budget_seconds=30, not_found_wait_seconds=3,
-                         parent_not_found_wait_seconds=1, sleep=sleeps.append)
+    policy = RetryPolicy(
+        max_attempts=4,
+        budget_seconds=30,
+        not_found_wait_seconds=3,
+        parent_not_found_wait_seconds=1,
+        sleep=sleeps.append,
+    )
     return EventStore(client, policy=policy, max_events=1000)

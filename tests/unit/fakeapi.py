@@ -22,13 +22,31 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def make_event(event_id: str, parent_id: str | None = None, *, name: str = "api_call",
-               source: str = "user", ts: str = "2026-11-20T10:00:00Z", **extra: Any) -> dict[str, Any]:
+def make_event(
+    event_id: str,
+    parent_id: str | None = None,
+    *,
+    name: str = "api_call",
+    source: str = "user",
+    ts: str = "2026-11-20T10:00:00Z",
+    **extra: Any,
+) -> dict[str, Any]:
     return {
-        "id": event_id, "timestamp": ts, "workspace_id": "ws", "customer_id": None,
-        "customer": None, "external_customer_id": None, "member_id": None,
-        "external_member_id": None, "child_count": 0, "parent_id": parent_id,
-        "label": name.title(), "source": source, "name": name, "metadata": {}, **extra,
+        "id": event_id,
+        "timestamp": ts,
+        "workspace_id": "ws",
+        "customer_id": None,
+        "customer": None,
+        "external_customer_id": None,
+        "member_id": None,
+        "external_member_id": None,
+        "child_count": 0,
+        "parent_id": parent_id,
+        "label": name.title(),
+        "source": source,
+        "name": name,
+        "metadata": {},
+        **extra,
     }
 
 
@@ -73,21 +91,38 @@ class FakeApi:
             self.calls["list"] += 1
             params = request.url.params
             parent = params.get("parent_id")
-            items = [e for e in self.events.values() if e["parent_id"] == parent and e["id"] != parent]
+            items = [
+                e for e in self.events.values() if e["parent_id"] == parent and e["id"] != parent
+            ]
             items.sort(key=lambda e: e["timestamp"])
             limit = min(int(params.get("limit", 10)), 100)
             page = int(params.get("page", 1))
-            chunk = items[(page - 1) * limit: page * limit]
+            chunk = items[(page - 1) * limit : page * limit]
             data = [{**e, "child_count": self.descendants(e["id"])} for e in chunk]
             total = len(items) if chunk or page == 1 else 0
-            return httpx.Response(200, json={"data": data, "meta": {
-                "total": total, "page": page, "per_page": limit, "pages": max(1, -(-len(items) // limit))}})
+            return httpx.Response(
+                200,
+                json={
+                    "data": data,
+                    "meta": {
+                        "total": total,
+                        "page": page,
+                        "per_page": limit,
+                        "pages": max(1, -(-len(items) // limit)),
+                    },
+                },
+            )
         if path.startswith("/api/events/"):
             self.calls["get"] += 1
             event_id = path.rsplit("/", 1)[1]
             event = self.events.get(event_id)
             if event is None:
-                return httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})
-            return httpx.Response(200, content=json.dumps({**event, "child_count": 0}).encode(),
-                                  headers={"content-type": "application/json", "x-request-id": "req-1"})
+                return httpx.Response(
+                    404, json={"error": "ResourceNotFound", "detail": "Not found"}
+                )
+            return httpx.Response(
+                200,
+                content=json.dumps({**event, "child_count": 0}).encode(),
+                headers={"content-type": "application/json", "x-request-id": "req-1"},
+            )
         return httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})

@@ -23,7 +23,9 @@ def respond(response: httpx.Response):
     return lambda request: response
 
 
-def test_get_returns_typed_event_keeping_unknown_fields(api: FakeApi, client: RapidlyClient) -> None:
+def test_get_returns_typed_event_keeping_unknown_fields(
+    api: FakeApi, client: RapidlyClient
+) -> None:
     event = make_event(new_id(), x_experimental={"a": 1}, label="Ünïcode 🎉")
     api.add(event)
     got = client.get_event(event["id"])
@@ -33,11 +35,21 @@ def test_get_returns_typed_event_keeping_unknown_fields(api: FakeApi, client: Ra
     assert api.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
 
 
-@pytest.mark.parametrize("value", [
-    "not-a-uuid", "00000000-0000-0000-0000-000000000000", "a8098c1a-f86e-11da-bd1a-00112444be1e",
-    12345, None, "x" * 1_000_000, "",
-])
-def test_invalid_ids_are_rejected_before_any_call(api: FakeApi, client: RapidlyClient, value: object) -> None:
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-uuid",
+        "00000000-0000-0000-0000-000000000000",
+        "a8098c1a-f86e-11da-bd1a-00112444be1e",
+        12345,
+        None,
+        "x" * 1_000_000,
+        "",
+    ],
+)
+def test_invalid_ids_are_rejected_before_any_call(
+    api: FakeApi, client: RapidlyClient, value: object
+) -> None:
     with pytest.raises(InvalidEventId):
         client.get_event(value)  # type: ignore[arg-type]
     assert api.requests == []
@@ -54,22 +66,29 @@ def test_uppercase_v4_is_canonicalised() -> None:
     assert validate_event_id(event_id.upper()) == event_id
 
 
-@pytest.mark.parametrize(("response", "error"), [
-    (httpx.Response(401, json={"error": "invalid_token"}), ConfigurationError),
-    (httpx.Response(401, json={"error": "Unauthorized", "detail": "Unauthorized"}), ConfigurationError),
-    (httpx.Response(403, json={"error": "insufficient_scope"}), ConfigurationError),
-    (httpx.Response(404, json={"error": "ResourceNotFound"}), EventNotYetVisible),
-    (httpx.Response(422, json={"error": "RequestValidationError"}), InvalidEventId),
-    (httpx.Response(429, headers={"Retry-After": "3"}), RateLimited),
-    (httpx.Response(500, text="Internal Server Error"), ApiUnavailable),
-    (httpx.Response(503, text=""), ApiUnavailable),
-    (httpx.Response(200, text="<html>oops"), ApiUnavailable),
-    (httpx.Response(200, json=[1, 2]), ApiUnavailable),
-    (httpx.Response(200, json={"id": "no other fields"}), ApiUnavailable),
-    (httpx.Response(418, text="teapot"), UnexpectedResponse),
-])
-def test_every_response_class_maps_to_one_error(api: FakeApi, client: RapidlyClient,
-                                                 response: httpx.Response, error: type) -> None:
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (httpx.Response(401, json={"error": "invalid_token"}), ConfigurationError),
+        (
+            httpx.Response(401, json={"error": "Unauthorized", "detail": "Unauthorized"}),
+            ConfigurationError,
+        ),
+        (httpx.Response(403, json={"error": "insufficient_scope"}), ConfigurationError),
+        (httpx.Response(404, json={"error": "ResourceNotFound"}), EventNotYetVisible),
+        (httpx.Response(422, json={"error": "RequestValidationError"}), InvalidEventId),
+        (httpx.Response(429, headers={"Retry-After": "3"}), RateLimited),
+        (httpx.Response(500, text="Internal Server Error"), ApiUnavailable),
+        (httpx.Response(503, text=""), ApiUnavailable),
+        (httpx.Response(200, text="<html>oops"), ApiUnavailable),
+        (httpx.Response(200, json=[1, 2]), ApiUnavailable),
+        (httpx.Response(200, json={"id": "no other fields"}), ApiUnavailable),
+        (httpx.Response(418, text="teapot"), UnexpectedResponse),
+    ],
+)
+def test_every_response_class_maps_to_one_error(
+    api: FakeApi, client: RapidlyClient, response: httpx.Response, error: type
+) -> None:
     api.script.append(respond(response))
     with pytest.raises(error) as info:
         client.get_event(new_id())
@@ -109,7 +128,11 @@ def test_timeout_and_connection_errors_are_transient(api: FakeApi, client: Rapid
 
 def test_redirect_to_another_host_is_not_followed(api: FakeApi, client: RapidlyClient) -> None:
     event_id = new_id()
-    api.script.append(respond(httpx.Response(307, headers={"Location": f"https://evil.test/api/events/{event_id}"})))
+    api.script.append(
+        respond(
+            httpx.Response(307, headers={"Location": f"https://evil.test/api/events/{event_id}"})
+        )
+    )
     with pytest.raises(ConfigurationError, match="another origin"):
         client.get_event(event_id)
     assert [r.url.host for r in api.requests] == ["api.test"]
@@ -118,7 +141,9 @@ def test_redirect_to_another_host_is_not_followed(api: FakeApi, client: RapidlyC
 def test_same_origin_redirect_is_followed_once(api: FakeApi, client: RapidlyClient) -> None:
     event = make_event(new_id())
     api.add(event)
-    api.script.append(respond(httpx.Response(307, headers={"Location": f"/api/events/{event['id']}"})))
+    api.script.append(
+        respond(httpx.Response(307, headers={"Location": f"/api/events/{event['id']}"}))
+    )
     assert client.get_event(event["id"]).id == event["id"]
     assert len(api.requests) == 2
     assert api.requests[1].headers["authorization"] == f"Bearer {TOKEN}"
@@ -135,8 +160,15 @@ def test_token_not_in_repr() -> None:
 
 def test_list_accepts_both_shapes() -> None:
     e = make_event(new_id())
-    a = EventPage.from_api({"data": [{**e, "child_count": 4}], "meta": {"total": 1, "page": 1, "per_page": 10, "pages": 1}})
-    b = EventPage.from_api({"items": [{**e, "child_count": 4}], "pagination": {"total_count": 1, "max_page": 1}})
+    a = EventPage.from_api(
+        {
+            "data": [{**e, "child_count": 4}],
+            "meta": {"total": 1, "page": 1, "per_page": 10, "pages": 1},
+        }
+    )
+    b = EventPage.from_api(
+        {"items": [{**e, "child_count": 4}], "pagination": {"total_count": 1, "max_page": 1}}
+    )
     assert a.total == b.total == 1
     assert a.events[0].child_count == b.events[0].child_count == 4
     assert a.events[0].as_get()["child_count"] == 0

@@ -13,8 +13,17 @@ from worker.rapidly import Event
 
 
 def ev(event_id: str, parent: str | None) -> Event:
-    return Event.from_api({"id": event_id, "timestamp": "2026-01-01T00:00:00Z", "source": "user",
-                           "name": "n", "label": "L", "parent_id": parent, "child_count": 0})
+    return Event.from_api(
+        {
+            "id": event_id,
+            "timestamp": "2026-01-01T00:00:00Z",
+            "source": "user",
+            "name": "n",
+            "label": "L",
+            "parent_id": parent,
+            "child_count": 0,
+        }
+    )
 
 
 def fetcher(graph: dict[str, str | None], calls: list[str] | None = None):
@@ -24,6 +33,7 @@ def fetcher(graph: dict[str, str | None], calls: list[str] | None = None):
         if event_id not in graph:
             return None
         return ev(event_id, graph[event_id])
+
     return fetch
 
 
@@ -77,9 +87,16 @@ def test_exactly_max_depth_ancestors_is_complete() -> None:
 
 
 def test_ancestor_entries_copy_six_fields_exactly() -> None:
-    raw: dict[str, Any] = {"id": "p", "timestamp": "2026-01-01T00:00:00.123400Z", "source": "system",
-                           "name": "customer.created", "label": "Customer Created", "parent_id": None,
-                           "child_count": 0, "extra": 1}
+    raw: dict[str, Any] = {
+        "id": "p",
+        "timestamp": "2026-01-01T00:00:00.123400Z",
+        "source": "system",
+        "name": "customer.created",
+        "label": "Customer Created",
+        "parent_id": None,
+        "child_count": 0,
+        "extra": 1,
+    }
     h = walk_ancestors(ev("c", "p"), lambda _: Event.from_api(raw))
     entry = h.as_record(child_count=0, descendant_count=0)["ancestors"][0]
     assert entry == {k: raw[k] for k in ("id", "name", "source", "label", "timestamp", "parent_id")}
@@ -91,7 +108,9 @@ ids = st.sampled_from([str(uuid.UUID(int=i, version=4)) for i in range(12)])
 graphs = st.dictionaries(ids, st.one_of(st.none(), ids), min_size=1)
 
 
-def reference_chain(start: str, graph: dict[str, str | None], max_depth: int) -> tuple[list[str], str | None]:
+def reference_chain(
+    start: str, graph: dict[str, str | None], max_depth: int
+) -> tuple[list[str], str | None]:
     chain: list[str] = []
     seen = {start}
     nxt = graph[start]
@@ -110,8 +129,9 @@ def reference_chain(start: str, graph: dict[str, str | None], max_depth: int) ->
 
 @settings(max_examples=300, deadline=None)
 @given(graph=graphs, data=st.data(), max_depth=st.integers(1, 15))
-def test_walk_matches_reference_and_terminates(graph: dict[str, str | None], data: st.DataObject,
-                                               max_depth: int) -> None:
+def test_walk_matches_reference_and_terminates(
+    graph: dict[str, str | None], data: st.DataObject, max_depth: int
+) -> None:
     start = data.draw(st.sampled_from(sorted(graph)))
     calls: list[str] = []
     h = walk_ancestors(ev(start, graph[start]), fetcher(graph, calls), max_depth=max_depth)
@@ -122,7 +142,7 @@ def test_walk_matches_reference_and_terminates(graph: dict[str, str | None], dat
     assert h.complete is (reason is None)
     assert h.depth <= max_depth
     assert len(calls) <= max_depth + 1  # bounded work
-    assert len(set(a.id for a in h.ancestors)) == h.depth  # no id twice
+    assert len({a.id for a in h.ancestors}) == h.depth  # no id twice
     assert start not in {a.id for a in h.ancestors}
     if h.ancestors:
         assert h.root_id == h.ancestors[0].id
@@ -135,7 +155,9 @@ def test_walk_matches_reference_and_terminates(graph: dict[str, str | None], dat
 
 @settings(max_examples=150, deadline=None)
 @given(graph=graphs, data=st.data())
-def test_walk_independent_of_cache_and_fetch_order(graph: dict[str, str | None], data: st.DataObject) -> None:
+def test_walk_independent_of_cache_and_fetch_order(
+    graph: dict[str, str | None], data: st.DataObject
+) -> None:
     """A fetcher that answers some ids from a warm cache (fetched earlier, in any order) gives
     the same hierarchy as a cold one."""
     start = data.draw(st.sampled_from(sorted(graph)))
@@ -148,4 +170,8 @@ def test_walk_independent_of_cache_and_fetch_order(graph: dict[str, str | None],
 
     hot = walk_ancestors(ev(start, graph[start]), cached_fetch)
     assert [a.id for a in hot.ancestors] == [a.id for a in cold.ancestors]
-    assert (hot.root_id, hot.complete, hot.incomplete_reason) == (cold.root_id, cold.complete, cold.incomplete_reason)
+    assert (hot.root_id, hot.complete, hot.incomplete_reason) == (
+        cold.root_id,
+        cold.complete,
+        cold.incomplete_reason,
+    )

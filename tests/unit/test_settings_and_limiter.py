@@ -8,17 +8,21 @@ from worker.rapidly import LocalRateLimiter
 from worker.settings import RateLimit, SettingsError, load_settings
 
 
-@pytest.mark.parametrize(("env", "value", "needle"), [
-    ("RAPIDLY_RATE_LIMIT", "fast", "RAPIDLY_RATE_LIMIT"),
-    ("RAPIDLY_RATE_LIMIT", "0/s", "RAPIDLY_RATE_LIMIT"),
-    ("BROKER_URL", "http://nope", "BROKER_URL"),
-    ("REDIS_URL", "mysql://x", "REDIS_URL"),
-    ("WORKER_CONCURRENCY", "many", "WORKER_CONCURRENCY"),
-    ("RAPIDLY_API_URL", "ftp://x", "RAPIDLY_API_URL"),
-    ("LOG_FORMAT", "xml", "LOG_FORMAT"),
-])
-def test_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, env: str,
-                                                   value: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("RAPIDLY_RATE_LIMIT", "fast", "RAPIDLY_RATE_LIMIT"),
+        ("RAPIDLY_RATE_LIMIT", "0/s", "RAPIDLY_RATE_LIMIT"),
+        ("BROKER_URL", "http://nope", "BROKER_URL"),
+        ("REDIS_URL", "mysql://x", "REDIS_URL"),
+        ("WORKER_CONCURRENCY", "many", "WORKER_CONCURRENCY"),
+        ("RAPIDLY_API_URL", "ftp://x", "RAPIDLY_API_URL"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str
+) -> None:
     monkeypatch.setenv("RAPIDLY_API_TOKEN", "secret-token-value")
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError) as info:
@@ -36,7 +40,13 @@ def test_missing_token_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("BROKER_URL", "DOWNSTREAM_BROKER_URL", "REDIS_URL", "RAPIDLY_RATE_LIMIT", "RAPIDLY_API_URL"):
+    for var in (
+        "BROKER_URL",
+        "DOWNSTREAM_BROKER_URL",
+        "REDIS_URL",
+        "RAPIDLY_RATE_LIMIT",
+        "RAPIDLY_API_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RAPIDLY_API_TOKEN", "t0ken-value")
     s = load_settings()
@@ -48,7 +58,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "t0ken-value" not in repr(s)
 
 
-@pytest.mark.parametrize(("text", "per_second"), [("500/min", 500 / 60), ("20/s", 20), ("3600/h", 1), ("30 / sec", 30)])
+@pytest.mark.parametrize(
+    ("text", "per_second"), [("500/min", 500 / 60), ("20/s", 20), ("3600/h", 1), ("30 / sec", 30)]
+)
 def test_rate_parse(text: str, per_second: float) -> None:
     assert RateLimit.parse(text).per_second == pytest.approx(per_second)
 

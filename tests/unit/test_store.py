@@ -64,7 +64,10 @@ def test_concurrent_reads_of_one_id_collapse_into_one_call(api: FakeApi, store: 
 
     api.handle = slow  # type: ignore[method-assign]
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(store.event(event["id"]).id)) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(store.event(event["id"]).id))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     gate.set()
@@ -95,10 +98,17 @@ def test_parent_that_stays_404_is_none(api: FakeApi, store: EventStore) -> None:
     api.add(child)
     record = enrich_event(child["id"], store, max_depth=100)
     h = record.body["hierarchy"]
-    assert (h["complete"], h["incomplete_reason"], h["depth"], h["root_id"]) == (False, "parent_not_found", 0, child["id"])
+    assert (h["complete"], h["incomplete_reason"], h["depth"], h["root_id"]) == (
+        False,
+        "parent_not_found",
+        0,
+        child["id"],
+    )
 
 
-def test_5xx_is_retried_then_exhausted(api: FakeApi, store: EventStore, sleeps: list[float]) -> None:
+def test_5xx_is_retried_then_exhausted(
+    api: FakeApi, store: EventStore, sleeps: list[float]
+) -> None:
     api.script.extend([lambda r: httpx.Response(500, text="Internal Server Error")] * 10)
     with pytest.raises(RetriesExhausted) as info:
         store.event(new_id())
@@ -107,11 +117,15 @@ def test_5xx_is_retried_then_exhausted(api: FakeApi, store: EventStore, sleeps: 
     assert "HTTP 500" in str(info.value)
 
 
-def test_429_waits_retry_after_and_is_not_an_attempt(api: FakeApi, client, sleeps: list[float]) -> None:
+def test_429_waits_retry_after_and_is_not_an_attempt(
+    api: FakeApi, client, sleeps: list[float]
+) -> None:
     from worker.rapidly import RetryPolicy
 
     limiter = LocalRateLimiter(RateLimit.parse("1000/s"))
-    store = EventStore(client, limiter=limiter, policy=RetryPolicy(max_attempts=1, sleep=sleeps.append))
+    store = EventStore(
+        client, limiter=limiter, policy=RetryPolicy(max_attempts=1, sleep=sleeps.append)
+    )
     event = make_event(new_id())
     api.add(event)
     api.script.extend([lambda r: httpx.Response(429, headers={"Retry-After": "2"})] * 3)

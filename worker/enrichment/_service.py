@@ -8,7 +8,8 @@ from worker.rapidly import EventStore, validate_event_id
 
 
 def enrich_event(event_id: str, store: EventStore, *, max_depth: int) -> EnrichedRecord:
-    """Raises InvalidEventId before any call, EventNotFound, RetriesExhausted, ConfigurationError."""
+    """Raises InvalidEventId (before any call), EventNotFound, RetriesExhausted or
+    ConfigurationError."""
     event_id = validate_event_id(event_id)
     event = store.event(event_id)
     hierarchy = walk_ancestors(event, store.parent, max_depth=max_depth)

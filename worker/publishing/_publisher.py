@@ -34,8 +34,17 @@ PUBLISH_RETRY_POLICY = {
     "interval_max": 2.0,
 }
 # Properties of a consumed message that a dead letter keeps, so it replays as the same task.
-_KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "expiration", "message_id", "type",
-                    "app_id", "user_id", "timestamp")
+_KEPT_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "priority",
+    "expiration",
+    "message_id",
+    "type",
+    "app_id",
+    "user_id",
+    "timestamp",
+)
 
 
 class PublishError(Exception):
@@ -80,7 +89,7 @@ class _ConfirmedPool:
                 entity.bind(channel).declare()
 
     def close(self) -> None:
-        self._pool.force_close_all()
+        self._pool.force_close_all()  # type: ignore[attr-defined]  # kombu Resource API, not in the stubs
         self._connection.release()
 
 
@@ -122,11 +131,13 @@ class DeadLetterPublisher:
         """``message`` is the consumed kombu Message; its body bytes are sent as they came."""
         properties = getattr(message, "properties", {}) or {}
         headers = dict(getattr(message, "headers", None) or {})
-        headers.update({
-            "x-death-reason": reason,
-            "x-death-detail": detail[:1000],
-            "x-attempts": attempts,
-        })
+        headers.update(
+            {
+                "x-death-reason": reason,
+                "x-death-detail": detail[:1000],
+                "x-attempts": attempts,
+            }
+        )
         kept = {key: properties[key] for key in _KEPT_PROPERTIES if properties.get(key) is not None}
         body = message.body
         if isinstance(body, str):

@@ -17,7 +17,9 @@ CUSTOMER_CREATED_QUEUE_NAME = "rapidly.customer_created"
 CUSTOMER_CREATED_ROUTING_KEY = "system.customer.created"
 
 EVENTS_EXCHANGE = Exchange(EVENTS_QUEUE_NAME, type="direct", durable=True)
-EVENTS_QUEUE = Queue(EVENTS_QUEUE_NAME, EVENTS_EXCHANGE, routing_key=EVENTS_QUEUE_NAME, durable=True)
+EVENTS_QUEUE = Queue(
+    EVENTS_QUEUE_NAME, EVENTS_EXCHANGE, routing_key=EVENTS_QUEUE_NAME, durable=True
+)
 
 # Dead letters go through the default exchange straight to their queue, beside rapidly.events.
 DEAD_LETTER_QUEUE = Queue(

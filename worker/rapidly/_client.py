@@ -121,17 +121,22 @@ class RapidlyClient:
         try:
             return Event.from_api(body)
         except ValidationError as exc:
-            raise ApiUnavailable(f"GET event {event_id}: body is not an event ({exc.error_count()} errors)") from None
+            raise ApiUnavailable(
+                f"GET event {event_id}: body is not an event ({exc.error_count()} errors)"
+            ) from None
 
     def list_events(self, params: dict[str, Any]) -> EventPage:
         body = self._request("list", "api/events/", params, event_id=None)
         try:
             return EventPage.from_api(body)
         except (ValidationError, ValueError, TypeError) as exc:
-            raise ApiUnavailable(f"list events: body is not an event list ({type(exc).__name__})") from None
+            raise ApiUnavailable(
+                f"list events: body is not an event list ({type(exc).__name__})"
+            ) from None
 
     def list_children(self, parent_id: str, *, page: int = 1) -> EventPage:
-        """Direct children of ``parent_id`` (``depth=1``; without depth the server ignores parent_id)."""
+        """Direct children of ``parent_id``: ``depth=1``, since without a depth the server
+        ignores parent_id."""
         return self.list_events(
             {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page}
         )
@@ -163,10 +168,16 @@ class RapidlyClient:
         self._observe(kind, str(response.status_code), started)
         return self._interpret(kind, path, response, event_id=event_id)
 
-    def _follow_same_origin(self, response: httpx.Response, headers: dict[str, str]) -> httpx.Response:
+    def _follow_same_origin(
+        self, response: httpx.Response, headers: dict[str, str]
+    ) -> httpx.Response:
         location = response.headers.get("location", "")
         target = response.url.join(location)
-        if (target.scheme, target.host, target.port) != (self._base.scheme, self._base.host, self._base.port):
+        if (target.scheme, target.host, target.port) != (
+            self._base.scheme,
+            self._base.host,
+            self._base.port,
+        ):
             raise ConfigurationError(
                 f"API redirected to another origin ({target.scheme}://{target.host}); "
                 "not following with the token: check RAPIDLY_API_URL",
@@ -187,10 +198,17 @@ class RapidlyClient:
             except ValueError:
                 body = None
             if not isinstance(body, dict):
-                log.warning("api.bad_body", kind=kind, request_id=request_id,
-                            content_type=response.headers.get("content-type"))
-                raise ApiUnavailable(f"{what}: 200 with a body that is not a JSON object",
-                                     status=200, request_id=request_id)
+                log.warning(
+                    "api.bad_body",
+                    kind=kind,
+                    request_id=request_id,
+                    content_type=response.headers.get("content-type"),
+                )
+                raise ApiUnavailable(
+                    f"{what}: 200 with a body that is not a JSON object",
+                    status=200,
+                    request_id=request_id,
+                )
             log.debug("api.ok", kind=kind, request_id=request_id)
             return body
         log.info("api.error_status", kind=kind, status=status, request_id=request_id)
@@ -198,20 +216,23 @@ class RapidlyClient:
             detail = _error_code(response)
             raise ConfigurationError(
                 f"API rejected the token ({detail}): check RAPIDLY_API_TOKEN and its scopes",
-                status=status, request_id=request_id,
+                status=status,
+                request_id=request_id,
             )
         if status == 404 and event_id is not None:
             raise EventNotYetVisible(event_id, request_id=request_id)
         if status == 422 and event_id is not None:
             raise InvalidEventId(event_id)
         if status == 429:
-            raise RateLimited(parse_retry_after(response.headers.get("retry-after")),
-                              request_id=request_id)
+            raise RateLimited(
+                parse_retry_after(response.headers.get("retry-after")), request_id=request_id
+            )
         if status >= 500 or status in (408, 425):
             raise ApiUnavailable(what, status=status, request_id=request_id)
         if 300 <= status < 400:
-            raise ConfigurationError(f"API redirected {what} more than once", status=status,
-                                     request_id=request_id)
+            raise ConfigurationError(
+                f"API redirected {what} more than once", status=status, request_id=request_id
+            )
         raise UnexpectedResponse(what, status=status, request_id=request_id)
 
     def _observe(self, kind: str, status: str, started: float) -> None:

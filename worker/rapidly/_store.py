@@ -92,8 +92,15 @@ class _Entry:
     counted_at: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"e": self.event.as_get(), "f": self.fetched_at,
-                           "d": self.descendants, "c": self.counted_at}, separators=(",", ":"))
+        return json.dumps(
+            {
+                "e": self.event.as_get(),
+                "f": self.fetched_at,
+                "d": self.descendants,
+                "c": self.counted_at,
+            },
+            separators=(",", ":"),
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> _Entry:
@@ -147,7 +154,9 @@ class EventStore:
         entry = self._lookup(event_id)
         if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
             return entry.event
-        return self._collapse(f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds))
+        return self._collapse(
+            f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds)
+        )
 
     def parent(self, event_id: str) -> Event | None:
         """An ancestor (any cached copy will do); None when it stays 404 (not visible to us)."""
@@ -165,8 +174,11 @@ class EventStore:
     def child_counts(self, event: Event) -> ChildCounts:
         entry = self._lookup(event.id)
         now = self._clock()
-        if (entry is not None and entry.descendants == 0
-                and now - entry.counted_at <= self._counts_max_age):
+        if (
+            entry is not None
+            and entry.descendants == 0
+            and now - entry.counted_at <= self._counts_max_age
+        ):
             # No descendants at all means no direct children either: no call needed.
             return ChildCounts(0, 0)
         return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
@@ -174,8 +186,11 @@ class EventStore:
     # --- fetching
 
     def _fetch(self, event_id: str, not_found_wait: float) -> Event:
-        event = self._retrying(lambda: self._client.get_event(event_id), not_found_wait=not_found_wait,
-                               event_id=event_id)
+        event = self._retrying(
+            lambda: self._client.get_event(event_id),
+            not_found_wait=not_found_wait,
+            event_id=event_id,
+        )
         self._remember([_Entry(event, self._clock())])
         return event
 
@@ -208,8 +223,13 @@ class EventStore:
             entry = self._lru.get(event_id)
         return entry.fetched_at if entry is not None else default
 
-    def _retrying(self, call: Callable[[], T], *, not_found_wait: float | None = None,
-                  event_id: str | None = None) -> T:
+    def _retrying(
+        self,
+        call: Callable[[], T],
+        *,
+        not_found_wait: float | None = None,
+        event_id: str | None = None,
+    ) -> T:
         policy = self._policy
         started = time.monotonic()
         failures = not_found = 0
@@ -224,14 +244,18 @@ class EventStore:
                 rate_limited_for += exc.retry_after
                 if rate_limited_for > policy.rate_limit_wait_seconds:
                     raise RateLimitWaitTooLong(rate_limited_for) from exc
-                log.warning("api.rate_limited", retry_after=exc.retry_after, request_id=exc.request_id)
+                log.warning(
+                    "api.rate_limited", retry_after=exc.retry_after, request_id=exc.request_id
+                )
                 policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
             except EventNotYetVisible:
                 not_found += 1
                 elapsed = max(time.monotonic() - started, slept)
                 delay = min(policy.max_delay, 0.25 * 2 ** (not_found - 1))
                 if not_found_wait is None or elapsed + delay > not_found_wait:
-                    raise EventNotFound(event_id or "?", waited=elapsed, attempts=not_found) from None
+                    raise EventNotFound(
+                        event_id or "?", waited=elapsed, attempts=not_found
+                    ) from None
                 policy.sleep(delay)
                 slept += delay
             except ApiUnavailable as exc:

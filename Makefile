@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both bootstrap .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit lint typecheck deploy-check bench faults clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	bash scripts/validate-deploy.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/simulator
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+deploy-check: $(STAMP)
+	bash scripts/validate-deploy.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q tests/faults -m "faults or slow_faults" --run-slow-faults
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -92,6 +92,8 @@ def redis_url() -> str:
 @pytest.fixture
 def start_worker(tmp_path: Path, sim: SimulatorProcess) -> Iterator:
     workers: list[WorkerProcess] = []
+    if reachable(REDIS_STORE_URL):
+        redis.Redis.from_url(REDIS_STORE_URL).flushdb()  # dedupe marks of earlier tests
 
     def start(
         broker: str, *, redis_url: str | None = REDIS_STORE_URL, **extra: str

@@ -16,6 +16,7 @@ from kombu.pools import ProducerPool
 
 from worker.enrichment import EnrichedRecord
 from worker.publishing._topology import (
+    CUSTOMER_CREATED_QUEUE,
     DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_NAME,
     DOWNSTREAM_BROKER_ENTITIES,
@@ -111,7 +112,8 @@ class RecordPublisher:
             delivery_mode=2,
             message_id=record.event_id,
             headers={"schema": record.schema},
-            declare=[ENRICHED_EXCHANGE],
+            # Re-declared once per new connection: the binding survives a broker that lost it.
+            declare=[ENRICHED_EXCHANGE, CUSTOMER_CREATED_QUEUE],
         )
 
     def close(self) -> None:

@@ -24,6 +24,8 @@ from worker.rapidly import EventStore, validate_event_id
 log = structlog.get_logger()
 
 LEASE_POLL_SECONDS = 1.0
+# A Redis restart takes a second or two: worth waiting for before requeueing a published event.
+COMPLETE_ATTEMPTS = 6
 
 
 class DedupeUnavailable(TransientError):
@@ -80,19 +82,36 @@ class EnrichmentService:
         if not self._lease(record.event_id):
             return Outcome("duplicate", record)
         try:
-            self._publisher.publish(record)
+            self._publisher.publish(record, on_sent=lambda: self._mark_sent(record.event_id))
         except PublishError as exc:
+            # Alive to see it fail: not confirmed means it goes back to the queue (a record the
+            # broker did take anyway becomes a duplicate, never a loss).
             self._release_quietly(record.event_id)
             raise NotPublished(exc) from exc
         except BaseException:
             self._release_quietly(record.event_id)
             raise
-        # Published and confirmed: from here a kill can only cause a redelivery, which the lease
-        # expiry turns into a second publish (see worker/dedupe.py for that window).
-        self._dedupe_call(self._dedupe.complete, record.event_id)
+        self._complete(record.event_id)
         if self._on_published is not None:
             self._on_published(record)
         return Outcome("published", record)
+
+    def _mark_sent(self, event_id: str) -> None:
+        try:
+            self._dedupe.mark_sent(event_id)
+        except Exception as exc:  # noqa: BLE001 - _complete retries and decides
+            log.warning("dedupe.mark_sent_failed", event_id=event_id, error=type(exc).__name__)
+
+    def _complete(self, event_id: str) -> None:
+        """The record is confirmed: the done mark must land, or the redelivery republishes."""
+        for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+            try:
+                self._dedupe.complete(event_id)
+                return
+            except Exception as exc:
+                if attempt == COMPLETE_ATTEMPTS:
+                    raise DedupeUnavailable(exc) from exc
+                self._sleep(0.5 * attempt)
 
     def _lease(self, event_id: str) -> bool:
         started = time.monotonic()

@@ -8,15 +8,19 @@ are never attributed to the wrong message. Never a connection per message.
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from amqp import spec
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer
-from kombu.pools import ProducerPool
 
 from worker.enrichment import EnrichedRecord
 from worker.publishing._topology import (
-    CUSTOMER_CREATED_QUEUE,
     DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_NAME,
     DOWNSTREAM_BROKER_ENTITIES,
@@ -27,13 +31,6 @@ from worker.publishing._topology import (
 log = structlog.get_logger()
 
 DEFAULT_POOL_SIZE = 16
-# kombu's retry for a publish whose connection dropped: reconnect and send again, within bounds.
-PUBLISH_RETRY_POLICY = {
-    "max_retries": 5,
-    "interval_start": 0.2,
-    "interval_step": 0.5,
-    "interval_max": 2.0,
-}
 # Properties of a consumed message that a dead letter keeps, so it replays as the same task.
 _KEPT_PROPERTIES = (
     "correlation_id",
@@ -49,71 +46,150 @@ _KEPT_PROPERTIES = (
 
 
 class PublishError(Exception):
-    """The broker did not confirm: the input must not be acknowledged."""
+    """The broker did not confirm: the input must not be acknowledged.
+
+    ``sent`` tells whether the message had already been written to the broker (the confirm then
+    failed or timed out, so the broker may or may not hold it); ``nacked``, that it refused it.
+    """
+
+    def __init__(self, detail: str, *, sent: bool, nacked: bool = False):
+        self.sent = sent
+        self.nacked = nacked
+        super().__init__(detail)
 
 
-def _connection(url: str, timeout: float) -> Connection:
-    return Connection(
-        url,
-        connect_timeout=timeout,
-        transport_options={"confirm_publish": True},
-        heartbeat=0,
-    )
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class _Slot:
+    connection: Connection
+    channel: Any
+    producer: Producer
+    confirms: bool
 
 
 class _ConfirmedPool:
-    def __init__(self, url: str, *, timeout: float, size: int):
+    """At most ``size`` connections, each used by one caller at a time; a connection that failed
+    is closed and replaced, never handed out again.
+
+    Confirms are handled here rather than by kombu's ``confirm_publish`` so that the caller hears
+    the moment the message was written (``on_sent``), before the wait for the broker's ack: the
+    dedupe store records it there, which leaves a kill no window in which a record the broker
+    holds is unknown to the store for longer than a few microseconds.
+    """
+
+    def __init__(self, url: str, *, timeout: float, size: int, declare: tuple[Any, ...] = ()):
         self._url = url
         self._timeout = timeout
-        self._connection = _connection(url, timeout)
-        self._pool = ProducerPool(self._connection.Pool(limit=size), limit=size)
+        self._declare = declare
+        self._idle: queue.LifoQueue[_Slot] = queue.LifoQueue()
+        self._permits = threading.BoundedSemaphore(size)
 
-    def publish(self, body: Any, **kwargs: Any) -> None:
+    def _open(self) -> _Slot:
+        connection = Connection(self._url, connect_timeout=self._timeout, heartbeat=0)
         try:
-            with self._pool.acquire(block=True, timeout=self._timeout) as producer:
-                producer.publish(
-                    body,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
+            connection.ensure_connection(max_retries=2, interval_start=1, interval_step=1)
+            channel = connection.channel()
+            confirms = connection.transport.driver_type == "amqp"
+            if confirms:
+                channel.confirm_select()  # type: ignore[attr-defined]  # py-amqp Channel
+            for entity in self._declare:
+                entity.bind(channel).declare()
+            return _Slot(connection, channel, Producer(channel), confirms)
+        except BaseException:
+            connection.release()
+            raise
+
+    def publish(self, body: Any, *, on_sent: Callable[[], None] = _nothing, **kwargs: Any) -> None:
+        if not self._permits.acquire(timeout=self._timeout):
+            raise PublishError("no publishing connection free in time", sent=False)
+        slot: _Slot | None = None
+        sent = False
+        try:
+            try:
+                slot = self._idle.get_nowait()
+            except queue.Empty:
+                slot = self._open()
+            slot.producer.publish(body, retry=False, timeout=self._timeout, **kwargs)
+            sent = True
+            on_sent()
+            if slot.confirms:
+                slot.channel.wait(
+                    [spec.Basic.Ack, spec.Basic.Nack],
+                    callback=_raise_on_nack,
                     timeout=self._timeout,
-                    confirm_timeout=self._timeout,
-                    **kwargs,
                 )
+        except MessageNacked:
+            self._idle.put(slot)  # type: ignore[arg-type]  # the connection itself is fine
+            slot = None
+            raise PublishError(
+                "the broker refused (nacked) the message", sent=True, nacked=True
+            ) from None
         except Exception as exc:
-            raise PublishError(f"publish not confirmed: {type(exc).__name__}: {exc}") from exc
+            if slot is not None:
+                _close_quietly(slot)
+                slot = None
+            raise PublishError(
+                f"publish not confirmed: {type(exc).__name__}: {exc}", sent=sent
+            ) from exc
+        else:
+            self._idle.put(slot)
+            slot = None
+        finally:
+            self._permits.release()
 
     def declare(self, entities: tuple[Any, ...]) -> None:
-        with _connection(self._url, self._timeout) as conn:
+        with Connection(self._url, connect_timeout=self._timeout) as conn:
             conn.ensure_connection(max_retries=3)
             channel = conn.default_channel
             for entity in entities:
                 entity.bind(channel).declare()
 
     def close(self) -> None:
-        self._pool.force_close_all()  # type: ignore[attr-defined]  # kombu Resource API, not in the stubs
-        self._connection.release()
+        while True:
+            try:
+                _close_quietly(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _raise_on_nack(method: Any, *args: Any) -> None:
+    if method == spec.Basic.Nack:
+        raise MessageNacked()
+
+
+def _close_quietly(slot: _Slot) -> None:
+    try:
+        slot.connection.release()
+    except Exception as exc:  # noqa: BLE001 - it is being thrown away
+        log.debug("publish.close_failed", error=type(exc).__name__)
 
 
 class RecordPublisher:
     """Records to the ``rapidly.enriched`` topic exchange on the downstream broker."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE):
-        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size)
+        # Declared again on every new connection: the binding survives a broker that lost it.
+        self._pool = _ConfirmedPool(
+            url, timeout=timeout, size=pool_size, declare=DOWNSTREAM_BROKER_ENTITIES
+        )
 
     def declare_topology(self) -> None:
         self._pool.declare(DOWNSTREAM_BROKER_ENTITIES)
 
-    def publish(self, record: EnrichedRecord) -> None:
+    def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
+        """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
         self._pool.publish(
             record.body,
+            on_sent=on_sent,
             exchange=ENRICHED_EXCHANGE,
             routing_key=record.routing_key,
             serializer="json",  # content_type application/json, utf-8
             delivery_mode=2,
             message_id=record.event_id,
             headers={"schema": record.schema},
-            # Re-declared once per new connection: the binding survives a broker that lost it.
-            declare=[ENRICHED_EXCHANGE, CUSTOMER_CREATED_QUEUE],
         )
 
     def close(self) -> None:
@@ -124,7 +200,9 @@ class DeadLetterPublisher:
     """The original task message, unchanged, to ``rapidly.events.dead`` on the input broker."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 4):
-        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size)
+        self._pool = _ConfirmedPool(
+            url, timeout=timeout, size=pool_size, declare=(DEAD_LETTER_QUEUE,)
+        )
 
     def declare_topology(self) -> None:
         self._pool.declare(INPUT_BROKER_ENTITIES)
@@ -152,7 +230,6 @@ class DeadLetterPublisher:
             content_encoding=message.content_encoding or "binary",
             delivery_mode=2,
             headers=headers,
-            declare=[DEAD_LETTER_QUEUE],
             **kept,
         )
 

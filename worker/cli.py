@@ -38,9 +38,9 @@ def _load(require_token: bool = True):  # type: ignore[no-untyped-def]
 
 
 def _run() -> int:
-    from gevent import monkey  # noqa: PLC0415
+    from worker._gevent import patch  # noqa: PLC0415
 
-    monkey.patch_all()
+    patch()
     settings = _load()
     from worker.logging import configure_logging, register_secret  # noqa: PLC0415
 

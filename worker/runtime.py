@@ -110,7 +110,7 @@ class Runtime:
             settings.rapidly_api_token,
             limiter=limiter,
             timeout=settings.api_timeout_seconds,
-            max_connections=settings.api_max_connections,
+            max_connections=settings.http_connections,
             observer=metrics.observe_api,
         )
         policy = RetryPolicy(

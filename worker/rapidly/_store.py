@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -131,6 +132,7 @@ class EventStore:
         redis_namespace: str = "",
         redis_ttl: int = 86_400,
         clock: Callable[[], float] = time.time,
+        root_window: int = 100,
     ) -> None:
         self._client = client
         self._policy = policy or RetryPolicy()
@@ -146,6 +148,8 @@ class EventStore:
         self._lru: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self._root_window = root_window
+        self._windows: dict[datetime, _Flight] = {}
 
     # --- what the enrichment asks for
 
@@ -172,16 +176,75 @@ class EventStore:
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:
-        entry = self._lookup(event.id)
-        now = self._clock()
-        if (
-            entry is not None
-            and entry.descendants == 0
-            and now - entry.counted_at <= self._counts_max_age
-        ):
+        if self._known_leaf(event.id):
             # No descendants at all means no direct children either: no call needed.
             return ChildCounts(0, 0)
+        if event.parent_id is None and self._root_window > 0 and self._from_root_window(event):
+            return ChildCounts(0, 0)
         return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+
+    def _known_leaf(self, event_id: str) -> bool:
+        entry = self._lookup(event_id)
+        return (
+            entry is not None
+            and entry.descendants == 0
+            and self._clock() - entry.counted_at <= self._counts_max_age
+        )
+
+    # --- root windows: one list call answers for the next ``root_window`` root events
+
+    def _from_root_window(self, event: Event) -> bool:
+        """True if a window of root events (fetched now, or in flight already) shows ``event``
+        without descendants.
+
+        Producers send IDs of new events, mostly roots (``customer.created``), roughly in time
+        order. ``GET /api/events/?depth=0&sorting=timestamp&start_timestamp=T-1us&limit=100``
+        returns the root at T and the 99 roots after it, complete, with their descendant counts:
+        the following events then cost no call at all. A window never costs more than the
+        per-event children listing it replaces.
+        """
+        try:
+            at = _parse_timestamp(event.timestamp)
+        except ValueError:
+            return False
+        with self._lock:
+            waiting = [f for start, f in self._windows.items() if start <= at]
+        for flight in waiting:  # someone is already fetching a window that may hold this event
+            flight.done.wait()
+        if waiting and self._known_leaf(event.id):
+            return True
+        try:
+            self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+        except TransientError:
+            return False  # the children listing will retry with its own budget
+        return self._known_leaf(event.id)
+
+    def _fetch_root_window(self, at: datetime) -> None:
+        flight = self._flights.get(f"window:{at.isoformat()}")
+        with self._lock:
+            if flight is not None:
+                self._windows[at] = flight
+        try:
+            start = (at - timedelta(microseconds=1)).isoformat().replace("+00:00", "Z")
+            params = {
+                "depth": 0,
+                "sorting": "timestamp",
+                "start_timestamp": start,
+                "limit": self._root_window,
+                "page": 1,
+            }
+            page = self._retrying(lambda: self._client.list_events(params))
+            now = self._clock()
+            self._remember(
+                [
+                    _Entry(Event.from_api(e.as_get()), now, e.child_count, now)
+                    for e in page.events
+                    if e.parent_id is None
+                ]
+            )
+        finally:
+            with self._lock:
+                self._windows.pop(at, None)
 
     # --- fetching
 
@@ -339,6 +402,13 @@ class EventStore:
     def cached_count(self) -> int:
         with self._lock:
             return len(self._lru)
+
+
+def _parse_timestamp(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def namespace_for(token: str) -> str:

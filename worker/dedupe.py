@@ -40,7 +40,7 @@ import structlog
 
 log = structlog.get_logger()
 
-DONE = b"done"
+DONE = b"done"  # written only when the sent mark could not be
 SENT_PREFIX = b"sent:"
 
 

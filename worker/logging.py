@@ -84,6 +84,15 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto", stream: Any = N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Per-request lines from the HTTP stack would drown the one summary line per event.
-    for noisy in ("httpx", "httpcore", "amqp", "kombu", "urllib3"):
+    # Per-request lines from the HTTP stack, and Celery's "received"/"succeeded" lines, would
+    # drown the one summary line per event (``enrich.finished``); their warnings still show.
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "amqp",
+        "kombu",
+        "urllib3",
+        "celery.worker.strategy",
+        "celery.app.trace",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -81,8 +81,11 @@ class EnrichmentService:
         record = enrich_event(event_id, self._store, max_depth=self._max_depth)
         if not self._lease(record.event_id):
             return Outcome("duplicate", record)
+        marked: list[bool] = []
         try:
-            self._publisher.publish(record, on_sent=lambda: self._mark_sent(record.event_id))
+            self._publisher.publish(
+                record, on_sent=lambda: marked.append(self._mark_sent(record.event_id))
+            )
         except PublishError as exc:
             # Alive to see it fail: not confirmed means it goes back to the queue (a record the
             # broker did take anyway becomes a duplicate, never a loss).
@@ -91,16 +94,21 @@ class EnrichmentService:
         except BaseException:
             self._release_quietly(record.event_id)
             raise
-        self._complete(record.event_id)
+        if not all(marked):
+            self._complete(record.event_id)  # the sent mark did not land: the done mark must
         if self._on_published is not None:
             self._on_published(record)
         return Outcome("published", record)
 
-    def _mark_sent(self, event_id: str) -> None:
+    def _mark_sent(self, event_id: str) -> bool:
+        """The sent mark already means "published" to every reader: once it landed, no further
+        write is needed after the confirm."""
         try:
             self._dedupe.mark_sent(event_id)
         except Exception as exc:  # noqa: BLE001 - _complete retries and decides
             log.warning("dedupe.mark_sent_failed", event_id=event_id, error=type(exc).__name__)
+            return False
+        return True
 
     def _complete(self, event_id: str) -> None:
         """The record is confirmed: the done mark must land, or the redelivery republishes."""

@@ -139,7 +139,17 @@ def test_api_calls_are_counted_per_context(api: FakeApi, store: EventStore) -> N
     t = tree(api)
     api_calls.set(0)
     enrich_event(t["c1"]["id"], store, max_depth=100)
-    assert api_calls.get() == sum(api.calls.values()) == 3
+    # GET c1, GET root, list root's children (c1's siblings), list c1's own children
+    assert api_calls.get() == sum(api.calls.values()) == 4
+
+
+def test_siblings_listing_serves_leaf_children_and_the_parent(api: FakeApi, store: EventStore) -> None:
+    t = tree(api)
+    enrich_event(t["c2"]["id"], store, max_depth=100)  # GET c2, GET root, list root's children
+    assert api.calls == {"get": 2, "list": 1}
+    record = enrich_event(t["root"]["id"], store, max_depth=100)  # counts known from that list
+    assert (record.body["hierarchy"]["child_count"], record.body["hierarchy"]["descendant_count"]) == (2, 3)
+    assert api.calls == {"get": 2, "list": 1}
 
 
 def test_lru_is_bounded(api: FakeApi, client) -> None:

@@ -89,8 +89,23 @@ class ChildCounts:
 class _Entry:
     event: Event  # the GET view (child_count 0)
     fetched_at: float
-    descendants: int | None = None
+    descendants: int | None = None  # from a list response: all descendants
     counted_at: float = 0.0
+    direct: int | None = None  # from listing this event's own children
+
+    def merged_with(self, old: _Entry | None) -> _Entry:
+        """Keep what an older entry knew and this one does not (a GET carries no counts)."""
+        if old is None:
+            return self
+        if self.descendants is None and old.descendants is not None:
+            self.descendants, self.counted_at, self.direct = (
+                old.descendants,
+                old.counted_at,
+                old.direct,
+            )
+        elif self.direct is None and old.direct is not None and old.descendants == self.descendants:
+            self.direct = old.direct
+        return self
 
     def to_json(self) -> str:
         return json.dumps(
@@ -99,6 +114,7 @@ class _Entry:
                 "f": self.fetched_at,
                 "d": self.descendants,
                 "c": self.counted_at,
+                "n": self.direct,
             },
             separators=(",", ":"),
         )
@@ -106,7 +122,7 @@ class _Entry:
     @classmethod
     def from_json(cls, text: str | bytes) -> _Entry:
         data = json.loads(text)
-        return cls(Event.from_api(data["e"]), data["f"], data["d"], data["c"])
+        return cls(Event.from_api(data["e"]), data["f"], data["d"], data["c"], data.get("n"))
 
 
 class _Flight:
@@ -149,13 +165,14 @@ class EventStore:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._root_window = root_window
-        self._windows: dict[datetime, _Flight] = {}
 
     # --- what the enrichment asks for
 
     def event(self, event_id: str) -> Event:
         """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
         entry = self._lookup(event_id)
+        if entry is None and self._await_lists():
+            entry = self._lookup(event_id)  # a window that was in flight may have brought it
         if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
             return entry.event
         return self._collapse(
@@ -176,20 +193,50 @@ class EventStore:
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:
-        if self._known_leaf(event.id):
-            # No descendants at all means no direct children either: no call needed.
-            return ChildCounts(0, 0)
-        if event.parent_id is None and self._root_window > 0 and self._from_root_window(event):
+        known = self._known_counts(event.id)
+        if known is not None:
+            return known
+        if event.parent_id is None:
+            if self._root_window > 0 and self._from_root_window(event):
+                return ChildCounts(0, 0)
+        elif event.parent_id != event.id and self._from_siblings(event):
             return ChildCounts(0, 0)
         return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
 
-    def _known_leaf(self, event_id: str) -> bool:
+    def _known_counts(self, event_id: str) -> ChildCounts | None:
         entry = self._lookup(event_id)
-        return (
-            entry is not None
-            and entry.descendants == 0
-            and self._clock() - entry.counted_at <= self._counts_max_age
-        )
+        if (
+            entry is None
+            or entry.descendants is None
+            or self._clock() - entry.counted_at > self._counts_max_age
+        ):
+            return None
+        if entry.descendants == 0:
+            # No descendants at all means no direct children either: no call needed.
+            return ChildCounts(0, 0)
+        if entry.direct is not None:
+            return ChildCounts(entry.direct, entry.descendants)
+        return None
+
+    def _known_leaf(self, event_id: str) -> bool:
+        return self._known_counts(event_id) == ChildCounts(0, 0)
+
+    def _from_siblings(self, event: Event) -> bool:
+        """List the parent's children instead of the event's own: the same one call tells
+        whether this event has descendants (most have none), caches its siblings whole with
+        their counts, and gives the parent its own counts for when it is enriched."""
+        parent = self._lookup(str(event.parent_id))
+        if parent is None:
+            return False  # not visible to us (parent_not_found): nothing to list
+        if self._known_counts(parent.event.id) is not None:
+            return False  # listed already: had this event been in it, its count would be known
+        try:
+            self._collapse(
+                f"children:{parent.event.id}", lambda: self._count_children(parent.event)
+            )
+        except TransientError:
+            return False
+        return self._known_leaf(event.id)
 
     # --- root windows: one list call answers for the next ``root_window`` root events
 
@@ -207,44 +254,45 @@ class EventStore:
             at = _parse_timestamp(event.timestamp)
         except ValueError:
             return False
-        with self._lock:
-            waiting = [f for start, f in self._windows.items() if start <= at]
-        for flight in waiting:  # someone is already fetching a window that may hold this event
-            flight.done.wait()
-        if waiting and self._known_leaf(event.id):
-            return True
+        # A window in flight may well hold this event: one call in flight at a time serves the
+        # whole burst of events a full prefetch brings, instead of one window each.
+        if self._await_lists():
+            entry = self._lookup(event.id)
+            if entry is not None and entry.descendants is not None:
+                return self._known_leaf(event.id)  # known now, leaf or not: no window needed
         try:
             self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
         except TransientError:
             return False  # the children listing will retry with its own budget
         return self._known_leaf(event.id)
 
-    def _fetch_root_window(self, at: datetime) -> None:
-        flight = self._flights.get(f"window:{at.isoformat()}")
+    def _await_lists(self) -> bool:
+        """Wait for the list calls in flight (root windows, children listings): they bring
+        whole events with counts, so waiting one round trip often saves a call."""
         with self._lock:
-            if flight is not None:
-                self._windows[at] = flight
-        try:
-            start = (at - timedelta(microseconds=1)).isoformat().replace("+00:00", "Z")
-            params = {
-                "depth": 0,
-                "sorting": "timestamp",
-                "start_timestamp": start,
-                "limit": self._root_window,
-                "page": 1,
-            }
-            page = self._retrying(lambda: self._client.list_events(params))
-            now = self._clock()
-            self._remember(
-                [
-                    _Entry(Event.from_api(e.as_get()), now, e.child_count, now)
-                    for e in page.events
-                    if e.parent_id is None
-                ]
-            )
-        finally:
-            with self._lock:
-                self._windows.pop(at, None)
+            waiting = [f for key, f in self._flights.items() if not key.startswith("get:")]
+        for flight in waiting:
+            flight.done.wait()
+        return bool(waiting)
+
+    def _fetch_root_window(self, at: datetime) -> None:
+        start = (at - timedelta(microseconds=1)).isoformat().replace("+00:00", "Z")
+        params = {
+            "depth": 0,
+            "sorting": "timestamp",
+            "start_timestamp": start,
+            "limit": self._root_window,
+            "page": 1,
+        }
+        page = self._retrying(lambda: self._client.list_events(params))
+        now = self._clock()
+        self._remember(
+            [
+                _Entry(Event.from_api(e.as_get()), now, e.child_count, now)
+                for e in page.events
+                if e.parent_id is None
+            ]
+        )
 
     # --- fetching
 
@@ -277,7 +325,7 @@ class EventStore:
             page_no += 1
         direct = max(direct, len(seen))
         descendants = max(descendants, direct)
-        entries.append(_Entry(event, self._entry_time(event.id, now), descendants, now))
+        entries.append(_Entry(event, self._entry_time(event.id, now), descendants, now, direct))
         self._remember(entries)
         return ChildCounts(direct, descendants)
 
@@ -381,8 +429,9 @@ class EventStore:
         if self._max_events > 0:
             with self._lock:
                 for entry in entries:
-                    self._lru[entry.event.id] = entry
-                    self._lru.move_to_end(entry.event.id)
+                    event_id = entry.event.id
+                    self._lru[event_id] = entry.merged_with(self._lru.get(event_id))
+                    self._lru.move_to_end(event_id)
                 while len(self._lru) > self._max_events:
                     self._lru.popitem(last=False)
         if not shared or self._redis is None or self._clock() < self._redis_down_until:

@@ -92,6 +92,8 @@ class _Entry:
     descendants: int | None = None  # from a list response: all descendants
     counted_at: float = 0.0
     direct: int | None = None  # from listing this event's own children
+    window: _Window | None = None  # the root window that brought it (this process only)
+    position: int = 0  # its place in that window
 
     def merged_with(self, old: _Entry | None) -> _Entry:
         """Keep what an older entry knew and this one does not (a GET carries no counts)."""
@@ -123,6 +125,14 @@ class _Entry:
     def from_json(cls, text: str | bytes) -> _Entry:
         data = json.loads(text)
         return cls(Event.from_api(data["e"]), data["f"], data["d"], data["c"], data.get("n"))
+
+
+@dataclass(slots=True)
+class _Window:
+    last_at: datetime
+    full: bool
+    size: int
+    read_ahead: bool = False
 
 
 class _Flight:
@@ -174,10 +184,30 @@ class EventStore:
         if entry is None and self._await_lists():
             entry = self._lookup(event_id)  # a window that was in flight may have brought it
         if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
+            self._maybe_read_ahead(entry)
             return entry.event
         return self._collapse(
             f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds)
         )
+
+    def _maybe_read_ahead(self, entry: _Entry) -> None:
+        """Once the stream has reached the second half of a full window, fetch the next one in
+        the background, so that the events after it are cached before their messages arrive.
+        Only a window that is being consumed is extended: a replay of old IDs fetches none."""
+        window = entry.window
+        if window is None or not window.full or entry.position < window.size // 2:
+            return
+        with self._lock:
+            if window.read_ahead:
+                return
+            window.read_ahead = True
+        threading.Thread(target=self._read_ahead, args=(window.last_at,), daemon=True).start()
+
+    def _read_ahead(self, at: datetime) -> None:
+        try:
+            self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the events will be fetched anyway
+            log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
 
     def parent(self, event_id: str) -> Event | None:
         """An ancestor (any cached copy will do); None when it stays 404 (not visible to us)."""
@@ -286,13 +316,41 @@ class EventStore:
         }
         page = self._retrying(lambda: self._client.list_events(params))
         now = self._clock()
+        roots = [e for e in page.events if e.parent_id is None]
+        if not roots:
+            return
+        window = _Window(
+            last_at=_parse_timestamp(roots[-1].timestamp),
+            full=len(page.events) >= self._root_window,
+            size=len(roots),
+        )
         self._remember(
             [
-                _Entry(Event.from_api(e.as_get()), now, e.child_count, now)
-                for e in page.events
-                if e.parent_id is None
+                _Entry(
+                    Event.from_api(e.as_get()), now, e.child_count, now, window=window, position=i
+                )
+                for i, e in enumerate(roots)
             ]
         )
+        parents = [self._lru_event(e.id) for e in roots if e.child_count > 0]
+        if parents:
+            # Each of these roots needs its children listed when it is enriched (its direct
+            # count); listing them now also caches the children before their messages arrive.
+            threading.Thread(target=self._list_children_of, args=(parents,), daemon=True).start()
+
+    def _lru_event(self, event_id: str) -> Event:
+        with self._lock:
+            return self._lru[event_id].event
+
+    def _list_children_of(self, parents: list[Event]) -> None:
+        for parent in parents:
+            if self._known_counts(parent.id) is not None:
+                continue
+            try:
+                self._collapse(f"children:{parent.id}", lambda p=parent: self._count_children(p))  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them anyway
+                log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
+                return
 
     # --- fetching
 

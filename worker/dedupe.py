@@ -2,7 +2,8 @@
 
 States of an event ID, per namespace (token):
 
-    (none) --claim--> lease:<owner>   (short TTL: the owner is enriching/publishing)
+    (none) --claim--> lease:<owner>   (``lease`` TTL: the owner is enriching and publishing;
+                                       if it dies, the redelivered message waits this out)
     lease  --record written to the broker--> sent:<owner>   (long TTL)
     sent   --broker confirmed--> done                        (long TTL)
     lease/sent --publish failed while the owner is alive--> (none), the message is requeued

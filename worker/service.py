@@ -1,8 +1,8 @@
 """One unit of work: an event ID in, at most one confirmed record out.
 
-    dedupe says done?  -> "duplicate" (nothing published, the message is acknowledged)
+    lease the ID       -> "duplicate" if it was published already (the message is acknowledged)
     enrich (API)       -> EnrichedRecord, or a typed error for the task layer to map
-    lease the ID       -> publish with confirm -> mark done
+    publish            -> marked "sent" when written, then the broker's confirm
 
 Publishing is last and only on success; the caller acknowledges the input after this returns.
 """
@@ -76,23 +76,23 @@ class EnrichmentService:
 
     def process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
-        if self._dedupe_call(self._dedupe.is_done, event_id) is True:
+        # One round trip decides: already published (duplicate), being worked on elsewhere
+        # (wait), or ours to do under a lease.
+        if not self._lease(event_id):
             return Outcome("duplicate")
-        record = enrich_event(event_id, self._store, max_depth=self._max_depth)
-        if not self._lease(record.event_id):
-            return Outcome("duplicate", record)
         marked: list[bool] = []
         try:
+            record = enrich_event(event_id, self._store, max_depth=self._max_depth)
             self._publisher.publish(
                 record, on_sent=lambda: marked.append(self._mark_sent(record.event_id))
             )
         except PublishError as exc:
             # Alive to see it fail: not confirmed means it goes back to the queue (a record the
             # broker did take anyway becomes a duplicate, never a loss).
-            self._release_quietly(record.event_id)
+            self._release_quietly(event_id)
             raise NotPublished(exc) from exc
         except BaseException:
-            self._release_quietly(record.event_id)
+            self._release_quietly(event_id)
             raise
         if not all(marked):
             self._complete(record.event_id)  # the sent mark did not land: the done mark must

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import datetime
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,10 @@ def make_event(
     }
 
 
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class FakeApi:
     def __init__(self, events: list[dict[str, Any]] | None = None) -> None:
         self.events: dict[str, dict[str, Any]] = {e["id"]: e for e in events or []}
@@ -90,11 +95,14 @@ class FakeApi:
         if path == "/api/events/":
             self.calls["list"] += 1
             params = request.url.params
-            parent = params.get("parent_id")
+            parent = params.get("parent_id") if "depth" in params else None
             items = [
                 e for e in self.events.values() if e["parent_id"] == parent and e["id"] != parent
             ]
-            items.sort(key=lambda e: e["timestamp"])
+            if "start_timestamp" in params:  # exclusive, as the server's
+                start = _ts(params["start_timestamp"])
+                items = [e for e in items if _ts(e["timestamp"]) > start]
+            items.sort(key=lambda e: _ts(e["timestamp"]))
             limit = min(int(params.get("limit", 10)), 100)
             page = int(params.get("page", 1))
             chunk = items[(page - 1) * limit : page * limit]

@@ -39,7 +39,10 @@ def stores(request: pytest.FixtureRequest) -> Any:
     client = redis.Redis.from_url("redis://127.0.0.1:6379/12")
     client.flushdb()
     ns = new_id()
-    return (RedisDedupeStore(client, ns, ttl=60, lease=30), RedisDedupeStore(client, ns, ttl=60, lease=30))
+    return (
+        RedisDedupeStore(client, ns, ttl=60, lease=30),
+        RedisDedupeStore(client, ns, ttl=60, lease=30),
+    )
 
 
 def test_claim_states(stores: Any) -> None:
@@ -103,8 +106,9 @@ class FakePublisher:
 
 
 def service_for(api: FakeApi, store: EventStore, dedupe: Any, publisher: Any) -> EnrichmentService:
-    return EnrichmentService(store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0,
-                             sleep=lambda _: None)
+    return EnrichmentService(
+        store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0, sleep=lambda _: None
+    )
 
 
 def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: EventStore) -> None:
@@ -120,7 +124,9 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
 
 
 @pytest.mark.parametrize("fail", ["before", "confirm"])
-def test_failed_publish_clears_the_mark_and_requeues(api: FakeApi, store: EventStore, fail: str) -> None:
+def test_failed_publish_clears_the_mark_and_requeues(
+    api: FakeApi, store: EventStore, fail: str
+) -> None:
     event = make_event(new_id())
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)

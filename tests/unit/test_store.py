@@ -143,12 +143,17 @@ def test_api_calls_are_counted_per_context(api: FakeApi, store: EventStore) -> N
     assert api_calls.get() == sum(api.calls.values()) == 4
 
 
-def test_siblings_listing_serves_leaf_children_and_the_parent(api: FakeApi, store: EventStore) -> None:
+def test_siblings_listing_serves_leaf_children_and_the_parent(
+    api: FakeApi, store: EventStore
+) -> None:
     t = tree(api)
     enrich_event(t["c2"]["id"], store, max_depth=100)  # GET c2, GET root, list root's children
     assert api.calls == {"get": 2, "list": 1}
     record = enrich_event(t["root"]["id"], store, max_depth=100)  # counts known from that list
-    assert (record.body["hierarchy"]["child_count"], record.body["hierarchy"]["descendant_count"]) == (2, 3)
+    assert (
+        record.body["hierarchy"]["child_count"],
+        record.body["hierarchy"]["descendant_count"],
+    ) == (2, 3)
     assert api.calls == {"get": 2, "list": 1}
 
 
@@ -159,3 +164,57 @@ def test_lru_is_bounded(api: FakeApi, client) -> None:
         api.add(e)
         store.event(e["id"])
     assert store.cached_count() == 10
+
+
+def roots(api: FakeApi, n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        e = make_event(
+            new_id(),
+            source="system",
+            name="customer.created",
+            ts=f"2026-11-20T10:{i // 60:02d}:{i % 60:02d}.{i:06d}Z",
+        )
+        api.add(e)
+        out.append(e)
+    return out
+
+
+def test_root_window_answers_for_the_next_roots(api: FakeApi, store: EventStore) -> None:
+    rs = roots(api, 50)
+    first = enrich_event(rs[0]["id"], store, max_depth=100)
+    assert first.body["hierarchy"]["child_count"] == 0
+    assert api.calls == {"get": 1, "list": 1}  # GET the first, one window for all 50
+    for e in rs[1:]:
+        record = enrich_event(e["id"], store, max_depth=100)
+        assert record.body["event"] == {**e, "child_count": 0}
+    assert api.calls == {"get": 1, "list": 1}
+
+
+def test_read_ahead_fetches_the_next_window(api: FakeApi, store: EventStore) -> None:
+    import time
+
+    rs = roots(api, 250)
+    for e in rs[:150]:
+        enrich_event(e["id"], store, max_depth=100)
+    time.sleep(0.3)  # the read-ahead runs in the background
+    calls = dict(api.calls)
+    for e in rs[150:200]:
+        enrich_event(e["id"], store, max_depth=100)
+    assert api.calls["get"] == calls["get"] == 1
+    assert api.calls["list"] <= 4
+
+
+def test_root_with_descendants_gets_exact_counts_from_its_listing(
+    api: FakeApi, store: EventStore
+) -> None:
+    t = tree(api)
+    rs = roots(api, 5)
+    record = enrich_event(t["root"]["id"], store, max_depth=100)
+    assert (
+        record.body["hierarchy"]["child_count"],
+        record.body["hierarchy"]["descendant_count"],
+    ) == (2, 3)
+    assert (
+        enrich_event(rs[0]["id"], store, max_depth=100).body["hierarchy"]["descendant_count"] == 0
+    )

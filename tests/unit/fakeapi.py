@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import httpx

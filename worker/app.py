@@ -9,6 +9,8 @@ tasks: error mapping (``EnrichTask``), dead-lettering of the original message
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 import time
 from typing import Any
@@ -21,6 +23,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 
 from worker import metrics, runtime
+from worker.dedupe import Claim
 from worker.errors import (
     ConfigurationError,
     InvalidMessage,
@@ -61,6 +64,10 @@ app.conf.update(
     worker_send_task_events=False,
     worker_enable_remote_control=False,
     worker_cancel_long_running_tasks_on_connection_loss=False,
+    # After a reconnect Celery would restore the prefetch count from finishing task greenlets
+    # (basic_qos on the consumer socket while the consumer loop reads it): under gevent that is
+    # ConcurrentObjectUseError, seen as a frozen or exited worker in the fault suite.
+    worker_enable_prefetch_count_reduction=False,
     worker_consumer="worker.app:DeadLetteringConsumer",
     broker_connection_retry=True,
     broker_connection_retry_on_startup=True,
@@ -238,26 +245,72 @@ class DeadLetteringRequest(Request):
         from celery.worker.state import task_ready  # noqa: PLC0415
 
         task_ready(self)
-        if dead_letter(self.message, exc.reason, exc.detail, exc.attempts):
+        args: list[Any] = list(getattr(self, "args", None) or ())
+        event_id = args[0] if len(args) == 1 else None
+        if dead_letter(self.message, exc.reason, exc.detail, exc.attempts, event_id=event_id):
             self.acknowledge()
         else:
             self.reject(requeue=True)
         return None
 
 
-def dead_letter(message: Any, reason: str, detail: str, attempts: int) -> bool:
-    """Publish ``message`` unchanged to rapidly.events.dead; True once the broker confirmed."""
+def dead_letter(
+    message: Any, reason: str, detail: str, attempts: int, *, event_id: object = None
+) -> bool:
+    """Publish ``message`` unchanged to rapidly.events.dead, at most once per task message.
+
+    True when the message may be acknowledged: the broker confirmed the dead letter, or an earlier
+    delivery of the same message was dead-lettered already. False: put it back on the queue.
+    """
+    rt = runtime.current()
+    headers = getattr(message, "headers", None) or {}
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    key = str(task_id) if task_id else hashlib.sha256(_body_bytes(message)).hexdigest()
+    fields = {"reason": reason, "task_id": task_id, "event_id": _short(event_id)}
+    dedupe = rt.dead_dedupe
     try:
-        runtime.current().dead_letters.publish(
-            message, reason=reason, detail=detail, attempts=attempts
+        claim = dedupe.claim(key) if dedupe is not None else Claim.ACQUIRED
+    except Exception as exc:  # noqa: BLE001 - without the store a duplicate is possible: wait
+        log.error("deadletter.dedupe_unavailable", error=type(exc).__name__, **fields)
+        time.sleep(REQUEUE_DELAY_SECONDS)
+        return False
+    if claim is Claim.DONE:
+        log.info("deadletter.duplicate", **fields)
+        return True
+    if claim is Claim.BUSY:  # the first delivery is being dead-lettered right now
+        time.sleep(REQUEUE_DELAY_SECONDS)
+        return False
+    try:
+        rt.dead_letters.publish(
+            message,
+            reason=reason,
+            detail=detail,
+            attempts=attempts,
+            on_sent=(lambda: dedupe.mark_sent(key)) if dedupe is not None else _nothing,
         )
     except Exception as exc:  # noqa: BLE001 - not confirmed: the message goes back, not lost
-        log.error("deadletter.failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
+        if dedupe is not None:
+            with contextlib.suppress(Exception):
+                dedupe.release(key)
+        log.error("deadletter.failed", error=f"{type(exc).__name__}: {exc}", **fields)
         time.sleep(REQUEUE_DELAY_SECONDS)
         return False
     metrics.DEAD_LETTERS.labels(reason).inc()
-    log.warning("deadletter.sent", reason=reason, detail=detail, attempts=attempts)
+    log.warning("deadletter.sent", detail=detail, attempts=attempts, **fields)
     return True
+
+
+def _nothing() -> None:
+    return None
+
+
+def _short(value: object) -> str | None:
+    return None if value is None else str(value)[:64]
+
+
+def _body_bytes(message: Any) -> bytes:
+    body = getattr(message, "body", b"")
+    return body.encode("utf-8", "replace") if isinstance(body, str) else bytes(body or b"")
 
 
 class DeadLetteringConsumer(Consumer):

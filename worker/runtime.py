@@ -34,6 +34,8 @@ from worker.settings import Settings
 
 log = structlog.get_logger()
 
+DEAD_LETTER_LEASE_SECONDS = 30
+
 
 class _MeteredLimiter:
     """Times waits; falls back to a per-process budget while Redis is unreachable."""
@@ -73,6 +75,7 @@ class Runtime:
     service: EnrichmentService
     health: HealthState
     redis: Any = None
+    dead_dedupe: DedupeStore | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -85,6 +88,11 @@ class Runtime:
         dedupe: DedupeStore = LocalDedupeStore(
             ttl=settings.dedupe_ttl_seconds, lease=settings.dedupe_lease_seconds
         )
+        # Dead letters are deduplicated by task id: a redelivered message (after a connection
+        # loss, while its first run still executes) must not be dead-lettered twice.
+        dead_dedupe: DedupeStore = LocalDedupeStore(
+            ttl=settings.dedupe_ttl_seconds, lease=DEAD_LETTER_LEASE_SECONDS
+        )
         if settings.redis_url:
             import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
 
@@ -92,7 +100,9 @@ class Runtime:
                 settings.redis_url,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
-                health_check_interval=30,
+                # No PING before a command: it would yield between a record reaching the
+                # broker and its "sent" mark reaching Redis (the fault suite saw duplicates).
+                health_check_interval=0,
                 retry_on_timeout=True,
             )
             limiter = _MeteredLimiter(
@@ -104,6 +114,12 @@ class Runtime:
                 namespace,
                 ttl=settings.dedupe_ttl_seconds,
                 lease=settings.dedupe_lease_seconds,
+            )
+            dead_dedupe = RedisDedupeStore(
+                redis,
+                f"{namespace}:dead",
+                ttl=settings.dedupe_ttl_seconds,
+                lease=DEAD_LETTER_LEASE_SECONDS,
             )
         client = RapidlyClient(
             settings.rapidly_api_url,
@@ -157,6 +173,7 @@ class Runtime:
             service,
             HealthState(settings.health_dir),
             redis,
+            dead_dedupe,
         )
 
     def start(self, *, attempts: int = 30) -> None:

@@ -218,3 +218,25 @@ def test_root_with_descendants_gets_exact_counts_from_its_listing(
     assert (
         enrich_event(rs[0]["id"], store, max_depth=100).body["hierarchy"]["descendant_count"] == 0
     )
+
+
+def test_errors_and_429s_do_not_eat_the_replica_lag_window(api: FakeApi, store: EventStore,
+                                                          sleeps: list[float]) -> None:
+    """Fault-suite finding: after a 5xx streak or a 429 wait, the first lag 404 must still get
+    the whole NOT_FOUND wait (3 s in this fixture), not be dead-lettered at once."""
+    event = make_event(new_id())
+    api.add(event)
+    not_found = httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})
+    api.script.extend(
+        [lambda r: httpx.Response(500, text="x")] * 3
+        + [lambda r: httpx.Response(429, headers={"Retry-After": "5"})] * 2
+        + [lambda r: not_found] * 3
+    )
+    assert store.event(event["id"]).id == event["id"]
+
+
+def test_unknown_event_waits_the_whole_window(api: FakeApi, store: EventStore,
+                                              sleeps: list[float]) -> None:
+    with pytest.raises(EventNotFound):
+        store.event(new_id())
+    assert sum(sleeps) == pytest.approx(3.0)  # NOT_FOUND wait of the fixture, not half of it

@@ -207,7 +207,15 @@ class DeadLetterPublisher:
     def declare_topology(self) -> None:
         self._pool.declare(INPUT_BROKER_ENTITIES)
 
-    def publish(self, message: Any, *, reason: str, detail: str, attempts: int) -> None:
+    def publish(
+        self,
+        message: Any,
+        *,
+        reason: str,
+        detail: str,
+        attempts: int,
+        on_sent: Callable[[], None] = _nothing,
+    ) -> None:
         """``message`` is the consumed kombu Message; its body bytes are sent as they came."""
         properties = getattr(message, "properties", {}) or {}
         headers = dict(getattr(message, "headers", None) or {})
@@ -224,6 +232,7 @@ class DeadLetterPublisher:
             body = body.encode("utf-8")
         self._pool.publish(
             body,
+            on_sent=on_sent,
             exchange="",
             routing_key=DEAD_LETTER_QUEUE_NAME,
             content_type=message.content_type or "application/octet-stream",

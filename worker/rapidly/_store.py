@@ -399,10 +399,12 @@ class EventStore:
         not_found_wait: float | None = None,
         event_id: str | None = None,
     ) -> T:
+        # Each kind of failure has its own clock, so that one never eats another's allowance:
+        # the replica-lag window starts at the first 404, the error budget at the first error,
+        # and a 429's wait counts against neither (it is never the event's failure).
         policy = self._policy
-        started = time.monotonic()
         failures = not_found = 0
-        rate_limited_for = slept = 0.0
+        rate_limited_for = lag_waited = error_waited = 0.0
         while True:
             api_calls.set(api_calls.get() + 1)
             try:
@@ -419,23 +421,24 @@ class EventStore:
                 policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
             except EventNotYetVisible:
                 not_found += 1
-                elapsed = max(time.monotonic() - started, slept)
-                delay = min(policy.max_delay, 0.25 * 2 ** (not_found - 1))
-                if not_found_wait is None or elapsed + delay > not_found_wait:
+                if not_found_wait is None or lag_waited >= not_found_wait:
                     raise EventNotFound(
-                        event_id or "?", waited=elapsed, attempts=not_found
+                        event_id or "?", waited=lag_waited, attempts=not_found
                     ) from None
+                # The last attempt lands at the end of the window, not before it.
+                delay = min(
+                    policy.max_delay, 0.25 * 2 ** (not_found - 1), not_found_wait - lag_waited
+                )
                 policy.sleep(delay)
-                slept += delay
+                lag_waited += delay
             except ApiUnavailable as exc:
                 failures += 1
-                elapsed = max(time.monotonic() - started, slept)
                 delay = policy.backoff(failures)
-                if failures >= policy.max_attempts or elapsed + delay > policy.budget_seconds:
-                    raise RetriesExhausted(exc, attempts=failures, elapsed=elapsed) from None
+                if failures >= policy.max_attempts or error_waited + delay > policy.budget_seconds:
+                    raise RetriesExhausted(exc, attempts=failures, elapsed=error_waited) from None
                 log.info("api.retry", error=str(exc), attempt=failures, delay=round(delay, 3))
                 policy.sleep(delay)
-                slept += delay
+                error_waited += delay
 
     def _collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:

@@ -1,0 +1,520 @@
+"""Tools of the fault-injection suite: the `faults` vhost, a Redis of our own that can be killed
+and restarted, a paced producer that survives connection closes, quiescence detection, and the
+bookkeeping (records and dead letters counted per event ID) that every scenario ends with.
+
+Everything here drives the worker from outside, as a producer, a consumer and an operator would:
+the Procfile line under ``bash -c``, ``send_task`` by name, kombu reads, ``rabbitmqctl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+
+from tests.integration.harness import (
+    ALL_RECORDS,
+    CUSTOMER_CREATED,
+    DEAD,
+    EVENTS,
+    TOKEN,
+    VENV_BIN,
+    WorkerProcess,
+    free_port,
+    reachable,
+)
+
+VHOST = "faults"
+AMQP_URL = os.environ.get("TEST_FAULTS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:5672/{VHOST}")
+LOCK_PATH = Path(os.environ.get("FAULTS_LOCK", "/tmp/rapidly-fault-suite.lock"))
+DEAD_QUEUE = Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True)
+EVENTS_QUEUE = Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True)
+
+# One line per scenario run; conftest prints them in pytest's terminal summary.
+SUMMARIES: list[str] = []
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- RabbitMQ: the vhost and the operator's commands -------------------------------------------
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["rabbitmqctl", "--quiet", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def infrastructure_problem() -> str | None:
+    """Why the suite cannot run here, or None."""
+    if not reachable(AMQP_URL):
+        return "RabbitMQ is not reachable at 127.0.0.1:5672; start it with: rabbitmq-server -detached"
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl is not installed (needed to create the vhost and close connections)"
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (the suite starts, kills and restarts its own)"
+    return None
+
+
+def ensure_vhost() -> None:
+    listed = rabbitmqctl("list_vhosts", "name")
+    if listed.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl list_vhosts failed: {listed.stderr.strip()}")
+    if VHOST not in listed.stdout.split():
+        added = rabbitmqctl("add_vhost", VHOST)
+        if added.returncode != 0 and "already exists" not in added.stderr:
+            raise RuntimeError(f"rabbitmqctl add_vhost {VHOST} failed: {added.stderr.strip()}")
+    perms = rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    if perms.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl set_permissions failed: {perms.stderr.strip()}")
+
+
+def close_connections() -> None:
+    """Every connection of the vhost (the worker's consumer, publishers, our producer)."""
+    out = rabbitmqctl("close_all_connections", "--vhost", VHOST, "fault suite")
+    if out.returncode != 0:
+        raise RuntimeError(f"close_all_connections failed: {out.stderr.strip()}")
+
+
+def require_no_consumers(timeout: float = 15) -> None:
+    """Results are only ours if no other worker consumes the vhost's input queue."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = rabbitmqctl("list_queues", "-p", VHOST, "name", "consumers", "--formatter", "json")
+        consumers = {q["name"]: int(q["consumers"]) for q in json.loads(out.stdout or "[]")}
+        if consumers.get(EVENTS, 0) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{consumers[EVENTS]} consumer(s) still on {EVENTS} in vhost {VHOST!r}: a worker "
+                "of an earlier run is alive (rabbitmqctl list_consumers -p faults)"
+            )
+        time.sleep(1)
+
+
+def queue_depths() -> dict[str, tuple[int, int]]:
+    """name -> (ready, unacknowledged) for every queue of the vhost."""
+    out = rabbitmqctl(
+        "list_queues", "-p", VHOST, "name", "messages_ready", "messages_unacknowledged",
+        "--formatter", "json",
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"list_queues failed: {out.stderr.strip()}")
+    return {
+        q["name"]: (int(q["messages_ready"]), int(q["messages_unacknowledged"]))
+        for q in json.loads(out.stdout or "[]")
+    }
+
+
+@contextlib.contextmanager
+def vhost_lock(timeout: float) -> Iterator[None]:
+    """Two fault runs on one machine would close each other's connections and read each other's
+    records: serialise them (a `make test` waits for a running `make faults`, up to ``timeout``)."""
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK_PATH.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another fault-suite run holds {LOCK_PATH} (vhost {VHOST!r}) "
+                        f"for more than {timeout:.0f}s"
+                    ) from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def reset_queues(url: str = AMQP_URL) -> None:
+    """Declare (as producer and consumers would) and empty every queue the suite reads."""
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        for queue in (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, ALL_RECORDS):
+            bound = queue.bind(channel)
+            bound.declare()
+            bound.purge()
+
+
+def drain_all(queue: Queue, url: str = AMQP_URL, idle: float = 1.0) -> list[Any]:
+    """Every message now in ``queue`` (acknowledged), once it stayed empty for ``idle`` s."""
+    got: list[Any] = []
+    with Connection(url) as conn:
+        bound = queue.bind(conn.default_channel)
+        empty_since: float | None = None
+        while True:
+            message = bound.get(no_ack=True)
+            if message is not None:
+                got.append(message)
+                empty_since = None
+                continue
+            empty_since = empty_since or time.monotonic()
+            if time.monotonic() - empty_since >= idle:
+                return got
+            time.sleep(0.05)
+
+
+def broker_view() -> str:
+    """What RabbitMQ says about the input queue and its consumers (for a stalled run)."""
+    queues = rabbitmqctl(
+        "list_queues", "-p", VHOST, "name", "messages_ready", "messages_unacknowledged",
+        "consumers",
+    )
+    consumers = rabbitmqctl(
+        "list_consumers", "-p", VHOST, "queue_name", "prefetch_count", "ack_required", "active"
+    )
+    return f"queues:\n{queues.stdout.strip()}\nconsumers:\n{consumers.stdout.strip()}"
+
+
+def wait_quiescent(
+    timeout: float,
+    *,
+    stable_polls: int = 3,
+    interval: float = 2.0,
+    tick: Callable[[], None] | None = None,
+) -> float:
+    """Wait until ``rapidly.events`` has neither ready nor unacknowledged messages for
+    ``stable_polls`` polls in a row: no worker holds a message, so nothing more can be published.
+    ``tick`` runs at every poll (the storm restarts a worker that exited on its own there).
+    Returns the seconds waited; raises TimeoutError past ``timeout``."""
+    started = time.monotonic()
+    streak = 0
+    last: tuple[int, int] = (-1, -1)
+    while time.monotonic() - started < timeout:
+        if tick is not None:
+            tick()
+        last = queue_depths().get(EVENTS, (0, 0))
+        streak = streak + 1 if last == (0, 0) else 0
+        if streak >= stable_polls:
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise TimeoutError(f"rapidly.events not quiescent after {timeout:.0f}s: (ready, unacked)={last}")
+
+
+# --- Redis of our own --------------------------------------------------------------------------
+
+
+class OwnRedis:
+    """A redis-server on a free port that the suite kills (SIGKILL) and restarts on the same port.
+
+    Append-only file with fsync on every write, like a production Redis that keeps what it
+    acknowledged: a restart makes Redis unreachable for a while, it does not erase dedupe marks
+    (that would be a different fault, with duplicates expected by design)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def restart(self, down_seconds: float) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+        self.restarts += 1
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+# --- the worker --------------------------------------------------------------------------------
+
+
+def fault_worker_env(api_url: str, redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    """The README's knobs, set so that faults trip and recover within a test's time."""
+    env = {
+        "RAPIDLY_API_URL": api_url,
+        "RAPIDLY_API_TOKEN": TOKEN,
+        "BROKER_URL": AMQP_URL,
+        "REDIS_URL": redis_url,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "WORKER_CONCURRENCY": "50",
+        "API_TIMEOUT_SECONDS": "2",  # the simulator's 5 s stalls must trip it
+        "NOT_FOUND_WAIT_SECONDS": "8",  # lag_reads=2 needs 0.75 s of 404 back-off, plus 5xx
+        "AUTH_RETRY_SECONDS": "1",
+        "DEDUPE_LEASE_SECONDS": "10",  # leases of killed workers expire quickly
+        "RETRY_MAX_ATTEMPTS": "10",  # 20% 5xx + 2% garbage + 1% timeouts never exhaust 10
+        "RETRY_BUDGET_SECONDS": "60",
+        "PUBLISH_TIMEOUT_SECONDS": "5",
+        "RAPIDLY_RATE_LIMIT": "5000/s",  # above the simulator's limit: 429s do happen
+        "METRICS_PORT": str(free_port()),
+        "HEALTH_DIR": str(tmp / "health"),
+    }
+    env.update(extra)
+    return env
+
+
+def worker_health(worker: WorkerProcess) -> str:
+    """``rapidly-worker health live`` and ``ready``, as the pod's probes would run them."""
+    answers = []
+    for what in ("live", "ready"):
+        out = subprocess.run(
+            [f"{VENV_BIN}/rapidly-worker", "health", what, "--dir", worker.env["HEALTH_DIR"]],
+            capture_output=True, text=True, timeout=30,
+        )
+        answers.append(out.stdout.strip() or f"{what}: exit {out.returncode}")
+    return "; ".join(answers)
+
+
+def process_rss(worker: WorkerProcess) -> int:
+    """Resident memory of the worker's whole process tree, in bytes."""
+    assert worker.proc is not None
+    try:
+        root = psutil.Process(worker.proc.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, worker: WorkerProcess, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.worker = worker
+        self.interval = interval
+        self.peak = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak = max(self.peak, process_rss(self.worker))
+            self._halt.wait(self.interval)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join(5)
+        return self.peak
+
+
+# --- producing ---------------------------------------------------------------------------------
+
+
+def confirmed_producer(url: str = AMQP_URL) -> Celery:
+    """A plain Celery producer, with publisher confirms so a send that returned is in the queue."""
+    app = Celery(broker=url)
+    app.conf.broker_transport_options = {"confirm_publish": True}
+    return app
+
+
+class PacedSender(threading.Thread):
+    """Sends ``ids`` spread evenly over ``seconds`` with a plain ``send_task``. A send that fails
+    (its connection closed under it) is sent again: the input may then hold the ID twice, which
+    producers are allowed to do (CONTRACT.md section 1); an ID is never skipped."""
+
+    def __init__(self, ids: list[Any], seconds: float, url: str = AMQP_URL) -> None:
+        super().__init__(daemon=True, name="paced-sender")
+        self.ids = ids
+        self.seconds = seconds
+        self.url = url
+        self.sent = 0
+        self.resends = 0
+        self.errors: list[str] = []
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        app = confirmed_producer(self.url)
+        started = time.monotonic()
+        step = self.seconds / max(1, len(self.ids))
+        for index, event_id in enumerate(self.ids):
+            delay = started + index * step - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._send(app, event_id)
+        self.finished_at = time.monotonic()
+
+    def _send(self, app: Celery, event_id: Any) -> None:
+        for attempt in range(60):
+            try:
+                app.send_task("events.enrich", args=[event_id], queue=EVENTS, retry=True)
+                self.sent += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure: send again, never skip
+                self.resends += 1
+                self.errors.append(f"{now_iso()} attempt {attempt}: {type(exc).__name__}: {exc}")
+                time.sleep(0.5)
+        raise RuntimeError(f"could not send {event_id!r} in 60 attempts")
+
+
+def send_concurrently(ids: Iterable[Any], url: str = AMQP_URL) -> None:
+    """Every ID from its own thread, released together by a barrier, through one producer app
+    (its connection pool is shared by the threads, as in a threaded web server)."""
+    ids = list(ids)
+    app = confirmed_producer(url)
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=3)
+    barrier = threading.Barrier(len(ids))
+    errors: list[BaseException] = []
+
+    def one(event_id: Any) -> None:
+        try:
+            barrier.wait(10)
+            app.send_task("events.enrich", args=[event_id], queue=EVENTS, retry=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Records and dead letters, counted by event ID."""
+
+    records: Counter[str] = field(default_factory=Counter)
+    record_bodies: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    routing_keys: dict[str, str] = field(default_factory=dict)
+    dead: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # The Celery task id of each dead letter: equal ids mean one message dead-lettered twice
+    # (a redelivery), different ids a producer's re-send.
+    dead_task_ids: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def collect(cls, url: str = AMQP_URL) -> Tally:
+        tally = cls()
+        for message in drain_all(ALL_RECORDS, url):
+            event_id = message.properties.get("message_id")
+            tally.records[event_id] += 1
+            tally.record_bodies[event_id].append(json.loads(message.body))
+            tally.routing_keys[event_id] = message.delivery_info["routing_key"]
+        for message in drain_all(DEAD_QUEUE, url):
+            try:
+                event_id = json.loads(message.body)[0][0]
+            except (ValueError, LookupError, TypeError):
+                event_id = f"<undecodable {message.body[:40]!r}>"
+            tally.dead[str(event_id)].append(str(message.headers.get("x-death-reason")))
+            tally.dead_task_ids[str(event_id)].append(str(message.headers.get("id")))
+        return tally
+
+    def lost(self, valid: Iterable[str]) -> list[str]:
+        return [i for i in valid if self.records[i] == 0]
+
+    def duplicated(self) -> dict[str, int]:
+        """event ID -> records beyond the first."""
+        return {i: n - 1 for i, n in self.records.items() if n > 1}
+
+    def dead_by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(r for rs in self.dead.values() for r in rs).items()))
+
+    def wrong_records(self, expected: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """event ID -> what differs from the simulator's expected record."""
+        wrong: dict[str, str] = {}
+        for event_id, bodies in self.record_bodies.items():
+            want = expected.get(event_id)
+            if want is None:
+                wrong[event_id] = "record for an ID that should have none"
+                continue
+            for body in bodies:
+                diff = record_diff(body, want, self.routing_keys.get(event_id))
+                if diff:
+                    wrong[event_id] = diff
+        return wrong
+
+
+def record_diff(body: dict[str, Any], want: dict[str, Any], routing_key: str | None) -> str:
+    have = body["hierarchy"]
+    need = want["hierarchy"]
+    diffs = []
+    if routing_key != want["routing_key"]:
+        diffs.append(f"routing_key {routing_key!r} != {want['routing_key']!r}")
+    if [a["id"] for a in have["ancestors"]] != need["ancestors"]:
+        diffs.append("ancestors differ")
+    for key in ("root_id", "depth", "complete", "incomplete_reason", "child_count",
+                "descendant_count"):
+        if have[key] != need[key]:
+            diffs.append(f"{key} {have[key]!r} != {need[key]!r}")
+    return "; ".join(diffs)
+
+
+def log_story(worker: WorkerProcess, event_ids: Iterable[str], limit: int = 40) -> str:
+    """The worker's log lines about ``event_ids`` (timestamp, pid of the run, event, outcome)."""
+    wanted = set(event_ids)
+    lines = []
+    for rec in worker.log_records():
+        detail = str(rec.get("detail", ""))
+        if rec.get("event_id") in wanted or any(i in detail for i in wanted):
+            keep = {k: rec[k] for k in ("timestamp", "event_id", "event", "outcome", "reason",
+                                        "detail", "level", "error") if k in rec}
+            lines.append(json.dumps(keep))
+    if len(lines) > limit:
+        lines = [*lines[: limit // 2], f"... {len(lines) - limit} more ...", *lines[-limit // 2 :]]
+    return "\n".join(lines)
+
+
+def outcome_counts(worker: WorkerProcess) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for rec in worker.log_records():
+        if rec.get("event") == "enrich.finished":
+            counts[str(rec.get("outcome"))] += 1
+    return dict(sorted(counts.items()))
+
+
+def token_leaks(worker: WorkerProcess) -> list[str]:
+    return [line[:200] for line in worker.log_text().splitlines() if TOKEN in line]

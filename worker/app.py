@@ -23,7 +23,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 
 from worker import metrics, runtime
-from worker.dedupe import Claim
+from worker.dedupe import Claim, Lease
 from worker.errors import (
     ConfigurationError,
     InvalidMessage,
@@ -268,30 +268,33 @@ def dead_letter(
     key = str(task_id) if task_id else hashlib.sha256(_body_bytes(message)).hexdigest()
     fields = {"reason": reason, "task_id": task_id, "event_id": _short(event_id)}
     dedupe = rt.dead_dedupe
-    try:
-        claim = dedupe.claim(key) if dedupe is not None else Claim.ACQUIRED
-    except Exception as exc:  # noqa: BLE001 - without the store a duplicate is possible: wait
-        log.error("deadletter.dedupe_unavailable", error=type(exc).__name__, **fields)
-        time.sleep(REQUEUE_DELAY_SECONDS)
-        return False
-    if claim is Claim.DONE:
-        log.info("deadletter.duplicate", **fields)
-        return True
-    if claim is Claim.BUSY:  # the first delivery is being dead-lettered right now
-        time.sleep(REQUEUE_DELAY_SECONDS)
-        return False
+    lease: Lease | None = None
+    if dedupe is not None:
+        try:
+            claim = dedupe.claim(key)
+        except Exception as exc:  # noqa: BLE001 - without the store a duplicate is possible
+            log.error("deadletter.dedupe_unavailable", error=type(exc).__name__, **fields)
+            time.sleep(REQUEUE_DELAY_SECONDS)
+            return False
+        if claim is Claim.DONE:
+            log.info("deadletter.duplicate", **fields)
+            return True
+        if claim is Claim.BUSY:  # the first delivery is being dead-lettered right now
+            time.sleep(REQUEUE_DELAY_SECONDS)
+            return False
+        lease = claim
     try:
         rt.dead_letters.publish(
             message,
             reason=reason,
             detail=detail,
             attempts=attempts,
-            on_sent=(lambda: dedupe.mark_sent(key)) if dedupe is not None else _nothing,
+            on_sent=_marker(dedupe, lease),
         )
     except Exception as exc:  # noqa: BLE001 - not confirmed: the message goes back, not lost
-        if dedupe is not None:
+        if dedupe is not None and lease is not None:
             with contextlib.suppress(Exception):
-                dedupe.release(key)
+                dedupe.release(lease)
         log.error("deadletter.failed", error=f"{type(exc).__name__}: {exc}", **fields)
         time.sleep(REQUEUE_DELAY_SECONDS)
         return False
@@ -300,8 +303,13 @@ def dead_letter(
     return True
 
 
-def _nothing() -> None:
-    return None
+def _marker(dedupe: Any, lease: Lease | None) -> Any:
+    def mark() -> None:
+        if dedupe is not None and lease is not None:
+            with contextlib.suppress(Exception):  # the lease then expires; a redelivery repeats
+                dedupe.mark_sent(lease)
+
+    return mark
 
 
 def _short(value: object) -> str | None:

@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -49,20 +50,48 @@ _RELEASE_OWN = (
     "local v = redis.call('GET', KEYS[1]) "
     "if v == ARGV[1] or v == ARGV[2] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+# Before publishing: the lease is still this claim's (refresh it), or it lapsed unclaimed (take
+# it again); 0 when another claim holds it or the ID was published meanwhile.
+_CONFIRM_OWN = (
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
+    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0"
+)
 
 
 class Claim(Enum):
-    ACQUIRED = "acquired"  # publish now, then call complete()
     DONE = "done"  # already published: acknowledge, publish nothing
-    BUSY = "busy"  # another worker holds the lease: try again shortly
+    BUSY = "busy"  # another claim holds the lease: try again shortly
+
+
+def _new_token() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One claim on one key. The token is unique per claim, not per process: two deliveries
+    of one ID inside one worker (a redelivery after a connection loss) never share a lease."""
+
+    key: str
+    token: bytes = field(default_factory=_new_token)
+
+    @property
+    def lease_value(self) -> bytes:
+        return b"lease:" + self.token
+
+    @property
+    def sent_value(self) -> bytes:
+        return SENT_PREFIX + self.token
 
 
 class DedupeStore(Protocol):
-    def is_done(self, event_id: str) -> bool: ...
-    def claim(self, event_id: str) -> Claim: ...
-    def mark_sent(self, event_id: str) -> None: ...
-    def complete(self, event_id: str) -> None: ...
-    def release(self, event_id: str) -> None: ...
+    def is_done(self, key: str) -> bool: ...
+    def claim(self, key: str) -> Lease | Claim: ...
+    def confirm(self, lease: Lease) -> bool: ...
+    def mark_sent(self, lease: Lease) -> None: ...
+    def complete(self, lease: Lease) -> None: ...
+    def release(self, lease: Lease) -> None: ...
 
 
 class LocalDedupeStore:
@@ -72,45 +101,56 @@ class LocalDedupeStore:
         self._ttl = ttl
         self._lease = lease
         self._max = max_entries
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _get(self, event_id: str, now: float) -> str | None:
-        entry = self._entries.get(event_id)
+    def _get(self, key: str, now: float) -> bytes | None:
+        entry = self._entries.get(key)
         if entry is None or entry[1] < now:
             return None
         return entry[0]
 
-    def is_done(self, event_id: str) -> bool:
-        with self._lock:
-            return self._get(event_id, time.monotonic()) in ("done", "sent")
+    def _set(self, key: str, value: bytes, seconds: float) -> None:
+        self._entries[key] = (value, time.monotonic() + seconds)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
 
-    def claim(self, event_id: str) -> Claim:
+    def is_done(self, key: str) -> bool:
         with self._lock:
-            now = time.monotonic()
-            state = self._get(event_id, now)
-            if state in ("done", "sent"):
+            return _published(self._get(key, time.monotonic()))
+
+    def claim(self, key: str) -> Lease | Claim:
+        with self._lock:
+            value = self._get(key, time.monotonic())
+            if _published(value):
                 return Claim.DONE
-            if state is not None:
+            if value is not None:
                 return Claim.BUSY
-            self._entries[event_id] = ("lease", now + self._lease)
-            return Claim.ACQUIRED
+            lease = Lease(key)
+            self._set(key, lease.lease_value, self._lease)
+            return lease
 
-    def mark_sent(self, event_id: str) -> None:
+    def confirm(self, lease: Lease) -> bool:
         with self._lock:
-            self._entries[event_id] = ("sent", time.monotonic() + self._ttl)
+            value = self._get(lease.key, time.monotonic())
+            if value not in (None, lease.lease_value):
+                return False
+            self._set(lease.key, lease.lease_value, self._lease)
+            return True
 
-    def complete(self, event_id: str) -> None:
+    def mark_sent(self, lease: Lease) -> None:
         with self._lock:
-            self._entries[event_id] = ("done", time.monotonic() + self._ttl)
-            self._entries.move_to_end(event_id)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            self._set(lease.key, lease.sent_value, self._ttl)
 
-    def release(self, event_id: str) -> None:
+    def complete(self, lease: Lease) -> None:
         with self._lock:
-            if self._get(event_id, time.monotonic()) != "done":
-                self._entries.pop(event_id, None)
+            self._set(lease.key, DONE, self._ttl)
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            if self._get(lease.key, time.monotonic()) in (lease.lease_value, lease.sent_value):
+                self._entries.pop(lease.key, None)
 
 
 class RedisDedupeStore:
@@ -119,37 +159,40 @@ class RedisDedupeStore:
         self._prefix = f"rapidly:{namespace}:done:"
         self._ttl = ttl
         self._lease = lease
-        owner = uuid.uuid4().hex
-        self._owner = f"lease:{owner}".encode()
-        self._sent = SENT_PREFIX + owner.encode()
 
-    def is_done(self, event_id: str) -> bool:
-        return _published(self._redis.get(self._prefix + event_id))
+    def is_done(self, key: str) -> bool:
+        return _published(self._redis.get(self._prefix + key))
 
-    def claim(self, event_id: str) -> Claim:
-        key = self._prefix + event_id
-        if self._redis.set(key, self._owner, nx=True, ex=self._lease):
-            return Claim.ACQUIRED
-        value = self._redis.get(key)
+    def claim(self, key: str) -> Lease | Claim:
+        lease = Lease(key)
+        full = self._prefix + key
+        if self._redis.set(full, lease.lease_value, nx=True, ex=self._lease):
+            return lease
+        value = self._redis.get(full)
         if _published(value):
             return Claim.DONE
-        if value is None:  # the lease expired between our two calls: try once more
-            return (
-                Claim.ACQUIRED
-                if self._redis.set(key, self._owner, nx=True, ex=self._lease)
-                else Claim.BUSY
-            )
+        if value is None and self._redis.set(full, lease.lease_value, nx=True, ex=self._lease):
+            return lease  # the lease lapsed between our two calls
         return Claim.BUSY
 
-    def mark_sent(self, event_id: str) -> None:
-        self._redis.set(self._prefix + event_id, self._sent, ex=self._ttl)
+    def confirm(self, lease: Lease) -> bool:
+        return bool(
+            self._redis.eval(
+                _CONFIRM_OWN, 1, self._prefix + lease.key, lease.lease_value, self._lease * 1000
+            )
+        )
 
-    def complete(self, event_id: str) -> None:
-        self._redis.set(self._prefix + event_id, DONE, ex=self._ttl)
+    def mark_sent(self, lease: Lease) -> None:
+        self._redis.set(self._prefix + lease.key, lease.sent_value, ex=self._ttl)
 
-    def release(self, event_id: str) -> None:
-        # Only our own lease or sent mark, never a done mark or another worker's lease.
-        self._redis.eval(_RELEASE_OWN, 1, self._prefix + event_id, self._owner, self._sent)
+    def complete(self, lease: Lease) -> None:
+        self._redis.set(self._prefix + lease.key, DONE, ex=self._ttl)
+
+    def release(self, lease: Lease) -> None:
+        # Only this claim's lease or sent mark, never a done mark or another claim's lease.
+        self._redis.eval(
+            _RELEASE_OWN, 1, self._prefix + lease.key, lease.lease_value, lease.sent_value
+        )
 
 
 def _published(value: bytes | None) -> bool:

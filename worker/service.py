@@ -12,16 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
-from worker.dedupe import Claim, DedupeStore
+from worker.dedupe import Claim, DedupeStore, Lease
 from worker.enrichment import EnrichedRecord, enrich_event
 from worker.errors import TransientError
 from worker.publishing import PublishError, RecordPublisher
 from worker.rapidly import EventStore, validate_event_id
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 LEASE_POLL_SECONDS = 1.0
 # A Redis restart takes a second or two: worth waiting for before requeueing a published event.
@@ -76,75 +79,81 @@ class EnrichmentService:
 
     def process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
-        # One round trip decides: already published (duplicate), being worked on elsewhere
-        # (wait), or ours to do under a lease.
-        if not self._lease(event_id):
+        # One round trip decides: already published (duplicate), being worked on by another
+        # claim (wait), or ours to do under a lease.
+        lease = self._lease(event_id)
+        if lease is None:
             return Outcome("duplicate")
         marked: list[bool] = []
         try:
             record = enrich_event(event_id, self._store, max_depth=self._max_depth)
-            self._publisher.publish(
-                record, on_sent=lambda: marked.append(self._mark_sent(record.event_id))
-            )
+            # Still ours, and the store reachable, right before the broker sees the record: a
+            # lease that lapsed during a long enrichment, or a store that is down, must not lead
+            # to a record nobody can mark.
+            if not self._dedupe_call(self._dedupe.confirm, lease):
+                if self._dedupe_call(self._dedupe.is_done, event_id):
+                    return Outcome("duplicate", record)
+                raise LeaseBusy(event_id, 0.0)
+            self._publisher.publish(record, on_sent=lambda: marked.append(self._mark_sent(lease)))
         except PublishError as exc:
             # Alive to see it fail: not confirmed means it goes back to the queue (a record the
             # broker did take anyway becomes a duplicate, never a loss).
-            self._release_quietly(event_id)
+            self._release_quietly(lease)
             raise NotPublished(exc) from exc
         except BaseException:
-            self._release_quietly(event_id)
+            self._release_quietly(lease)
             raise
         if not all(marked):
-            self._complete(record.event_id)  # the sent mark did not land: the done mark must
+            self._complete(lease)  # the sent mark did not land: the done mark must
         if self._on_published is not None:
             self._on_published(record)
         return Outcome("published", record)
 
-    def _mark_sent(self, event_id: str) -> bool:
+    def _mark_sent(self, lease: Lease) -> bool:
         """The sent mark already means "published" to every reader: once it landed, no further
         write is needed after the confirm."""
         try:
-            self._dedupe.mark_sent(event_id)
+            self._dedupe.mark_sent(lease)
         except Exception as exc:  # noqa: BLE001 - _complete retries and decides
-            log.warning("dedupe.mark_sent_failed", event_id=event_id, error=type(exc).__name__)
+            log.warning("dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__)
             return False
         return True
 
-    def _complete(self, event_id: str) -> None:
+    def _complete(self, lease: Lease) -> None:
         """The record is confirmed: the done mark must land, or the redelivery republishes."""
         for attempt in range(1, COMPLETE_ATTEMPTS + 1):
             try:
-                self._dedupe.complete(event_id)
+                self._dedupe.complete(lease)
                 return
             except Exception as exc:
                 if attempt == COMPLETE_ATTEMPTS:
                     raise DedupeUnavailable(exc) from exc
-                self._sleep(0.5 * attempt)
+                self._sleep(0.2 * attempt)
 
-    def _lease(self, event_id: str) -> bool:
+    def _lease(self, event_id: str) -> Lease | None:
         started = time.monotonic()
         while True:
             claim = self._dedupe_call(self._dedupe.claim, event_id)
-            if claim is Claim.ACQUIRED:
-                return True
+            if isinstance(claim, Lease):
+                return claim
             if claim is Claim.DONE:
-                return False
+                return None
             waited = time.monotonic() - started
             if waited >= self._lease_wait:
                 raise LeaseBusy(event_id, waited)
             self._sleep(LEASE_POLL_SECONDS)
 
-    def _dedupe_call(self, fn: Callable[[str], object], event_id: str) -> object:
+    def _dedupe_call(self, fn: Callable[[Any], T], arg: Any) -> T:
         try:
-            return fn(event_id)
+            return fn(arg)
         except TransientError:
             raise
         except Exception as exc:
             # Without the dedupe store no publish is safe from duplicates: retry later instead.
             raise DedupeUnavailable(exc) from exc
 
-    def _release_quietly(self, event_id: str) -> None:
+    def _release_quietly(self, lease: Lease) -> None:
         try:
-            self._dedupe.release(event_id)
+            self._dedupe.release(lease)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself
-            log.warning("dedupe.release_failed", event_id=event_id, error=type(exc).__name__)
+            log.warning("dedupe.release_failed", event_id=lease.key, error=type(exc).__name__)

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=8, ge=1, le=100)
     event_deadline_seconds: float = Field(default=60.0, gt=0, le=3600)
     auth_retry_seconds: float = Field(default=15.0, gt=0, le=3600)
-    cache_max_events: int = Field(default=50_000, ge=0, le=10_000_000)
+    cache_max_events: int = Field(default=10_000, ge=0, le=10_000_000)
     cache_ttl_seconds: int = Field(default=86_400, ge=1)
     counts_max_age_seconds: float = Field(default=60.0, ge=0, le=86_400)
     event_max_age_seconds: float = Field(default=300.0, ge=0, le=86_400)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.fakeapi import FakeApi, make_event, new_id
-from worker.dedupe import Claim, LocalDedupeStore, RedisDedupeStore
+from worker.dedupe import Claim, Lease, LocalDedupeStore, RedisDedupeStore
 from worker.enrichment import EnrichedRecord
 from worker.publishing import PublishError
 from worker.rapidly import EventStore
@@ -24,68 +24,82 @@ def redis_available() -> bool:
         return False
 
 
-@pytest.fixture(params=["local", "redis"])
-def stores(request: pytest.FixtureRequest) -> Any:
-    """Two handles on one store, as two workers would have."""
-    if request.param == "local":
-        store = LocalDedupeStore(ttl=60, lease=30)
-        return store, store
+def redis_client() -> Any:
     if not redis_available():
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true and Redis is not reachable on 127.0.0.1:6379")
         pytest.skip("Redis not reachable on 127.0.0.1:6379 (redis-server --daemonize yes ...)")
     import redis
 
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/12")
-    client.flushdb()
+    return redis.Redis.from_url("redis://127.0.0.1:6379/12")
+
+
+@pytest.fixture(params=["local", "redis"])
+def store_pair(request: pytest.FixtureRequest) -> Any:
+    """Two handles on one store, as two workers would have."""
+    if request.param == "local":
+        store = LocalDedupeStore(ttl=60, lease=30)
+        return store, store
+    client = redis_client()
     ns = new_id()
-    return (
-        RedisDedupeStore(client, ns, ttl=60, lease=30),
-        RedisDedupeStore(client, ns, ttl=60, lease=30),
-    )
+    return (RedisDedupeStore(client, ns, ttl=60, lease=30), RedisDedupeStore(client, ns, ttl=60, lease=30))
 
 
-def test_claim_states(stores: Any) -> None:
-    a, b = stores
-    event_id = new_id()
-    assert not a.is_done(event_id)
-    assert a.claim(event_id) is Claim.ACQUIRED
-    if a is not b:
-        assert b.claim(event_id) is Claim.BUSY  # another worker's lease
-    a.mark_sent(event_id)
-    assert b.is_done(event_id)  # sent counts as published: a redelivery publishes nothing
-    assert b.claim(event_id) is Claim.DONE
-    a.complete(event_id)
-    assert b.is_done(event_id)
-    b.release(event_id)  # never clears a done mark
-    assert a.is_done(event_id)
+def test_claim_states(store_pair: Any) -> None:
+    a, b = store_pair
+    key = new_id()
+    assert not a.is_done(key)
+    lease = a.claim(key)
+    assert isinstance(lease, Lease)
+    assert b.claim(key) is Claim.BUSY  # another claim holds it, even in the same process
+    assert a.confirm(lease)
+    a.mark_sent(lease)
+    assert b.is_done(key)  # sent counts as published: a redelivery publishes nothing
+    assert b.claim(key) is Claim.DONE
+    a.complete(lease)
+    assert b.is_done(key)
+    a.release(lease)  # never clears a done mark
+    assert b.is_done(key)
 
 
-def test_release_clears_own_lease_and_sent_mark(stores: Any) -> None:
-    a, b = stores
+def test_release_clears_only_this_claims_lease_or_sent_mark(store_pair: Any) -> None:
+    a, b = store_pair
     for step in ("lease", "sent"):
-        event_id = new_id()
-        assert a.claim(event_id) is Claim.ACQUIRED
+        key = new_id()
+        lease = a.claim(key)
+        assert isinstance(lease, Lease)
         if step == "sent":
-            a.mark_sent(event_id)
-        a.release(event_id)
-        assert not b.is_done(event_id)
-        assert b.claim(event_id) is Claim.ACQUIRED
+            a.mark_sent(lease)
+        b.release(Lease(key))  # another claim's release: no effect
+        assert b.claim(key) in (Claim.BUSY, Claim.DONE)
+        a.release(lease)
+        assert not b.is_done(key)
+        assert isinstance(b.claim(key), Lease)
 
 
-def test_redis_release_leaves_other_workers_lease() -> None:
-    if not redis_available():
-        pytest.skip("Redis not reachable")
-    import redis
+def test_confirm_fails_once_another_claim_took_a_lapsed_lease() -> None:
+    store = LocalDedupeStore(ttl=60, lease=0.01)
+    key = new_id()
+    first = store.claim(key)
+    assert isinstance(first, Lease)
+    import time
 
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/12")
-    ns = new_id()
-    a = RedisDedupeStore(client, ns, ttl=60, lease=30)
-    b = RedisDedupeStore(client, ns, ttl=60, lease=30)
-    event_id = new_id()
-    assert a.claim(event_id) is Claim.ACQUIRED
-    b.release(event_id)
-    assert b.claim(event_id) is Claim.BUSY
+    time.sleep(0.02)  # lapsed
+    second = store.claim(key)
+    assert isinstance(second, Lease)
+    assert not store.confirm(first)  # the slow first claim must not publish
+    assert store.confirm(second)
+
+
+def test_confirm_retakes_a_lapsed_unclaimed_lease() -> None:
+    client = redis_client()
+    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30)
+    key = new_id()
+    lease = store.claim(key)
+    assert isinstance(lease, Lease)
+    client.delete(store._prefix + key)  # expired meanwhile
+    assert store.confirm(lease)
+    assert store.claim(key) is Claim.BUSY
 
 
 class FakePublisher:
@@ -105,10 +119,9 @@ class FakePublisher:
         self.published.append(record)
 
 
-def service_for(api: FakeApi, store: EventStore, dedupe: Any, publisher: Any) -> EnrichmentService:
-    return EnrichmentService(
-        store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0, sleep=lambda _: None
-    )
+def service_for(store: EventStore, dedupe: Any, publisher: Any) -> EnrichmentService:
+    return EnrichmentService(store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0,
+                             sleep=lambda _: None)
 
 
 def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: EventStore) -> None:
@@ -116,7 +129,7 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)
     publisher = FakePublisher(dedupe)
-    service = service_for(api, store, dedupe, publisher)
+    service = service_for(store, dedupe, publisher)
     assert service.process(event["id"]).outcome == "published"
     assert publisher.state_when_sent == [True]  # a kill while waiting for the confirm is covered
     assert service.process(event["id"]).outcome == "duplicate"
@@ -124,18 +137,16 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
 
 
 @pytest.mark.parametrize("fail", ["before", "confirm"])
-def test_failed_publish_clears_the_mark_and_requeues(
-    api: FakeApi, store: EventStore, fail: str
-) -> None:
+def test_failed_publish_clears_the_mark_and_requeues(api: FakeApi, store: EventStore, fail: str) -> None:
     event = make_event(new_id())
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)
-    service = service_for(api, store, dedupe, FakePublisher(dedupe, fail=fail))
+    service = service_for(store, dedupe, FakePublisher(dedupe, fail=fail))
     with pytest.raises(NotPublished):
         service.process(event["id"])
     assert not dedupe.is_done(event["id"])  # the requeued message will publish
     ok = FakePublisher(dedupe)
-    assert service_for(api, store, dedupe, ok).process(event["id"]).outcome == "published"
+    assert service_for(store, dedupe, ok).process(event["id"]).outcome == "published"
     assert len(ok.published) == 1
 
 
@@ -143,6 +154,25 @@ def test_busy_lease_is_transient(api: FakeApi, store: EventStore) -> None:
     event = make_event(new_id())
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)
-    assert dedupe.claim(event["id"]) is Claim.ACQUIRED  # someone else is publishing it
+    assert isinstance(dedupe.claim(event["id"]), Lease)  # someone else is working on it
     with pytest.raises(LeaseBusy):
-        service_for(api, store, dedupe, FakePublisher(dedupe)).process(event["id"])
+        service_for(store, dedupe, FakePublisher(dedupe)).process(event["id"])
+
+
+class DownAfterClaim(LocalDedupeStore):
+    def confirm(self, lease: Lease) -> bool:
+        raise ConnectionError("redis went away")
+
+
+def test_store_down_before_publish_publishes_nothing(api: FakeApi, store: EventStore) -> None:
+    """Fault-suite finding: a record published while the store is down cannot be marked, and a
+    kill then duplicates it. The service now checks its lease first and requeues instead."""
+    from worker.service import DedupeUnavailable
+
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = DownAfterClaim(ttl=60, lease=30)
+    publisher = FakePublisher(dedupe)
+    with pytest.raises(DedupeUnavailable):
+        service_for(store, dedupe, publisher).process(event["id"])
+    assert publisher.published == []

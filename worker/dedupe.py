@@ -34,6 +34,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -90,6 +92,7 @@ class DedupeStore(Protocol):
     def claim(self, key: str) -> Lease | Claim: ...
     def confirm(self, lease: Lease) -> bool: ...
     def mark_sent(self, lease: Lease) -> None: ...
+    def sent_marker(self, lease: Lease) -> AbstractContextManager[Callable[[], None]]: ...
     def complete(self, lease: Lease) -> None: ...
     def release(self, lease: Lease) -> None: ...
 
@@ -143,6 +146,10 @@ class LocalDedupeStore:
         with self._lock:
             self._set(lease.key, lease.sent_value, self._ttl)
 
+    @contextmanager
+    def sent_marker(self, lease: Lease) -> Iterator[Callable[[], None]]:
+        yield lambda: self.mark_sent(lease)
+
     def complete(self, lease: Lease) -> None:
         with self._lock:
             self._set(lease.key, DONE, self._ttl)
@@ -184,6 +191,35 @@ class RedisDedupeStore:
 
     def mark_sent(self, lease: Lease) -> None:
         self._redis.set(self._prefix + lease.key, lease.sent_value, ex=self._ttl)
+
+    @contextmanager
+    def sent_marker(self, lease: Lease) -> Iterator[Callable[[], None]]:
+        """A connection taken from the pool *before* the record goes to the broker, so that the
+        mark is written right after it with no switch to another greenlet in between (taking a
+        pooled connection polls its socket, which under gevent yields: the fault suite saw
+        duplicates from kills in that gap)."""
+        pool = self._redis.connection_pool
+        connection = pool.get_connection()
+        key = self._prefix + lease.key
+        broken = False
+
+        def mark() -> None:
+            nonlocal broken
+            try:
+                connection.send_command(
+                    "SET", key, lease.sent_value, "EX", self._ttl, check_health=False
+                )
+                connection.read_response()
+            except BaseException:
+                broken = True
+                raise
+
+        try:
+            yield mark
+        finally:
+            if broken:
+                connection.disconnect()
+            pool.release(connection)
 
     def complete(self, lease: Lease) -> None:
         self._redis.set(self._prefix + lease.key, DONE, ex=self._ttl)

@@ -10,6 +10,7 @@ Publishing is last and only on success; the caller acknowledges the input after 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -94,7 +95,11 @@ class EnrichmentService:
                 if self._dedupe_call(self._dedupe.is_done, event_id):
                     return Outcome("duplicate", record)
                 raise LeaseBusy(event_id, 0.0)
-            self._publisher.publish(record, on_sent=lambda: marked.append(self._mark_sent(lease)))
+            with ExitStack() as stack:
+                mark = self._dedupe_call(stack.enter_context, self._dedupe.sent_marker(lease))
+                self._publisher.publish(
+                    record, on_sent=lambda: marked.append(self._mark_sent(mark, lease))
+                )
         except PublishError as exc:
             # Alive to see it fail: not confirmed means it goes back to the queue (a record the
             # broker did take anyway becomes a duplicate, never a loss).
@@ -109,11 +114,11 @@ class EnrichmentService:
             self._on_published(record)
         return Outcome("published", record)
 
-    def _mark_sent(self, lease: Lease) -> bool:
+    def _mark_sent(self, mark: Callable[[], None], lease: Lease) -> bool:
         """The sent mark already means "published" to every reader: once it landed, no further
         write is needed after the confirm."""
         try:
-            self._dedupe.mark_sent(lease)
+            mark()
         except Exception as exc:  # noqa: BLE001 - _complete retries and decides
             log.warning("dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__)
             return False

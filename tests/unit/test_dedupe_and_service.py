@@ -42,7 +42,10 @@ def store_pair(request: pytest.FixtureRequest) -> Any:
         return store, store
     client = redis_client()
     ns = new_id()
-    return (RedisDedupeStore(client, ns, ttl=60, lease=30), RedisDedupeStore(client, ns, ttl=60, lease=30))
+    return (
+        RedisDedupeStore(client, ns, ttl=60, lease=30),
+        RedisDedupeStore(client, ns, ttl=60, lease=30),
+    )
 
 
 def test_claim_states(store_pair: Any) -> None:
@@ -120,8 +123,9 @@ class FakePublisher:
 
 
 def service_for(store: EventStore, dedupe: Any, publisher: Any) -> EnrichmentService:
-    return EnrichmentService(store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0,
-                             sleep=lambda _: None)
+    return EnrichmentService(
+        store, publisher, dedupe, max_depth=100, lease_wait_seconds=0.0, sleep=lambda _: None
+    )
 
 
 def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: EventStore) -> None:
@@ -137,7 +141,9 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
 
 
 @pytest.mark.parametrize("fail", ["before", "confirm"])
-def test_failed_publish_clears_the_mark_and_requeues(api: FakeApi, store: EventStore, fail: str) -> None:
+def test_failed_publish_clears_the_mark_and_requeues(
+    api: FakeApi, store: EventStore, fail: str
+) -> None:
     event = make_event(new_id())
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)
@@ -176,3 +182,15 @@ def test_store_down_before_publish_publishes_nothing(api: FakeApi, store: EventS
     with pytest.raises(DedupeUnavailable):
         service_for(store, dedupe, publisher).process(event["id"])
     assert publisher.published == []
+
+
+def test_sent_marker_writes_the_sent_mark(store_pair: Any) -> None:
+    a, b = store_pair
+    key = new_id()
+    lease = a.claim(key)
+    assert isinstance(lease, Lease)
+    with a.sent_marker(lease) as mark:
+        assert not b.is_done(key)
+        mark()
+        assert b.is_done(key)
+    assert b.claim(key) is Claim.DONE

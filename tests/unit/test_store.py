@@ -220,8 +220,9 @@ def test_root_with_descendants_gets_exact_counts_from_its_listing(
     )
 
 
-def test_errors_and_429s_do_not_eat_the_replica_lag_window(api: FakeApi, store: EventStore,
-                                                          sleeps: list[float]) -> None:
+def test_errors_and_429s_do_not_eat_the_replica_lag_window(
+    api: FakeApi, store: EventStore, sleeps: list[float]
+) -> None:
     """Fault-suite finding: after a 5xx streak or a 429 wait, the first lag 404 must still get
     the whole NOT_FOUND wait (3 s in this fixture), not be dead-lettered at once."""
     event = make_event(new_id())
@@ -235,8 +236,9 @@ def test_errors_and_429s_do_not_eat_the_replica_lag_window(api: FakeApi, store: 
     assert store.event(event["id"]).id == event["id"]
 
 
-def test_unknown_event_waits_the_whole_window(api: FakeApi, store: EventStore,
-                                              sleeps: list[float]) -> None:
+def test_unknown_event_waits_the_whole_window(
+    api: FakeApi, store: EventStore, sleeps: list[float]
+) -> None:
     with pytest.raises(EventNotFound):
         store.event(new_id())
     assert sum(sleeps) == pytest.approx(3.0)  # NOT_FOUND wait of the fixture, not half of it

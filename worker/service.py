@@ -10,8 +10,8 @@ Publishing is last and only on success; the caller acknowledges the input after 
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 

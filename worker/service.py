@@ -28,8 +28,10 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 LEASE_POLL_SECONDS = 1.0
-# A Redis restart takes a second or two: worth waiting for before requeueing a published event.
-COMPLETE_ATTEMPTS = 6
+# A record is in the broker but its mark is not in Redis: until the mark lands, a redelivery would
+# publish it again. Holding the (unacknowledged) message and retrying is cheap in a greenlet, so
+# ride out a Redis restart or failover rather than give up after a second or two.
+COMPLETE_WAIT_SECONDS = 60.0
 
 
 class DedupeUnavailable(TransientError):
@@ -126,14 +128,18 @@ class EnrichmentService:
 
     def _complete(self, lease: Lease) -> None:
         """The record is confirmed: the done mark must land, or the redelivery republishes."""
-        for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+        waited, attempt = 0.0, 0
+        while True:
+            attempt += 1
             try:
                 self._dedupe.complete(lease)
                 return
             except Exception as exc:
-                if attempt == COMPLETE_ATTEMPTS:
+                if waited >= COMPLETE_WAIT_SECONDS:
                     raise DedupeUnavailable(exc) from exc
-                self._sleep(0.2 * attempt)
+                delay = min(1.0, 0.1 * attempt)
+                self._sleep(delay)
+                waited += delay
 
     def _lease(self, event_id: str) -> Lease | None:
         started = time.monotonic()

@@ -194,3 +194,30 @@ def test_sent_marker_writes_the_sent_mark(store_pair: Any) -> None:
         mark()
         assert b.is_done(key)
     assert b.claim(key) is Claim.DONE
+
+
+class FlakyMarks(LocalDedupeStore):
+    """The sent mark fails and the done mark fails for a while (Redis restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(ttl=60, lease=30)
+        self.failures = failures
+
+    def mark_sent(self, lease: Lease) -> None:
+        raise ConnectionError("redis restarting")
+
+    def complete(self, lease: Lease) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("redis restarting")
+        super().complete(lease)
+
+
+def test_done_mark_outlasts_a_redis_restart(api: FakeApi, store: EventStore) -> None:
+    """Fault-suite finding: giving up on the done mark after 3 s requeued a published record."""
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = FlakyMarks(failures=40)  # ~30 s of retries with the service's back-off
+    publisher = FakePublisher(dedupe)
+    assert service_for(store, dedupe, publisher).process(event["id"]).outcome == "published"
+    assert dedupe.is_done(event["id"])

@@ -220,6 +220,7 @@ def throughput_run(
         worker = naive_worker(name, tmp, api_url=sim.url, broker=args.broker_url)
         concurrency = NAIVE_CONCURRENCY
     started = time.monotonic()
+    source = source_fingerprint()
     worker.start()
     assert worker.proc is not None
     sampler = TreeSampler([worker.proc.pid])
@@ -291,6 +292,7 @@ def throughput_run(
         "concurrency": concurrency,
         "stop_s": round(stop_s, 1),
         "exit_code": rc,
+        "worker_source": source if kind == "product" else None,
     }
     log(
         f"{name}: {got}/{n} records, {result['events_per_s']} ev/s, "
@@ -502,6 +504,9 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         flush_redis(args.redis_url)
     summary = summarize_throughput(runs, args)
     print_throughput(runs, summary)
+    versions = {r["worker_source"]["worker_sha256"] for r in runs if r["worker_source"]}
+    if len(versions) > 1:
+        print(f"WARNING: the worker code changed between runs ({sorted(versions)})")
     return {
         "config": {
             "events": n,
@@ -602,6 +607,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sampler: TreeSampler | None = None
     started = time.monotonic()
     try:
+        source = source_fingerprint()
         for w in workers:
             w.start()
         sampler = TreeSampler([w.proc.pid for w in workers if w.proc is not None])
@@ -656,6 +662,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "backlog_events": n,
             "window_goal_s": window_goal,
         },
+        "worker_source": source,
         "window_s": round(window, 2),
         "records_in_window": len(in_window),
         "events_per_s": round(events_per_s, 2),
@@ -770,6 +777,8 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         rate_limit=UNLIMITED,
         concurrency=args.concurrency,
     )
+    source = source_fingerprint()
+    log(f"  worker source at start: {source}")
     worker.start()
     assert worker.proc is not None
     sampler = TreeSampler([worker.proc.pid])
@@ -845,6 +854,7 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "simulator": "bench.fastsim (the simulator with indexed root windows)",
         },
+        "worker_source": source,
         "rss_after_first_mb": round(mb(rss_first), 1),
         "rss_after_total_mb": round(mb(rss_total), 1),
         "growth": round(growth, 4),

@@ -103,8 +103,13 @@ class EnrichmentService:
                     record, on_sent=lambda: marked.append(self._mark_sent(mark, lease))
                 )
         except PublishError as exc:
-            # Alive to see it fail: not confirmed means it goes back to the queue (a record the
-            # broker did take anyway becomes a duplicate, never a loss).
+            if exc.sent and not exc.nacked and marked and all(marked):
+                # The record was written whole and marked; only its confirm is missing (the
+                # connection dropped while waiting). Publishing again would break the contract's
+                # at-most-once promise, so it counts as published; logged for the operator.
+                log.warning("publish.unconfirmed", event_id=event_id, error=str(exc))
+                return Outcome("published", record)
+            # Not written, or refused (nacked): it goes back to the queue.
             self._release_quietly(lease)
             raise NotPublished(exc) from exc
         except BaseException:

@@ -118,7 +118,9 @@ class FakePublisher:
         on_sent()
         self.state_when_sent.append(self.dedupe.is_done(record.event_id))
         if self.fail == "confirm":
-            raise PublishError("confirm timed out", sent=True)
+            raise PublishError("connection closed while waiting for the confirm", sent=True)
+        if self.fail == "nack":
+            raise PublishError("the broker refused (nacked) the message", sent=True, nacked=True)
         self.published.append(record)
 
 
@@ -140,7 +142,17 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
     assert len(publisher.published) == 1
 
 
-@pytest.mark.parametrize("fail", ["before", "confirm"])
+def test_written_but_unconfirmed_counts_as_published(api: FakeApi, store: EventStore) -> None:
+    """At most once: a record written and marked whose confirm was lost is not republished."""
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = LocalDedupeStore(ttl=60, lease=30)
+    service = service_for(store, dedupe, FakePublisher(dedupe, fail="confirm"))
+    assert service.process(event["id"]).outcome == "published"
+    assert dedupe.is_done(event["id"])
+
+
+@pytest.mark.parametrize("fail", ["before", "nack"])
 def test_failed_publish_clears_the_mark_and_requeues(
     api: FakeApi, store: EventStore, fail: str
 ) -> None:

@@ -15,9 +15,15 @@ waiting leaves the ID marked and the redelivery publishes nothing. What is left:
 
 - a kill between the write to the broker and the ``sent`` write to Redis (two consecutive
   syscalls, microseconds): the redelivery publishes a second record;
-- a kill after ``sent`` where the broker had in fact not taken the message (it crashed too, or
-  refused it): that record is lost. A *live* worker that sees its confirm fail clears its mark and
-  requeues instead, so a broker failure alone loses nothing (it may duplicate).
+- a record whose bytes were written and marked but whose confirm never came (the connection
+  dropped while waiting): it counts as published (at most once, as CONTRACT.md promises); should
+  the broker not have routed it after all, that record is lost; ``publish.unconfirmed`` is logged.
+  A refused (nacked) or unwritten record is requeued instead.
+
+Before publishing, the claim's lease is confirmed (refreshed) in the store: a lease that lapsed
+during a long enrichment and was taken by another claim, or a store that is unreachable, stops the
+publish and the message goes back to the queue. The sent mark is written on a Redis connection
+taken before the broker write, so no other greenlet runs between the two.
 
 With ``REDIS_URL`` the store is shared by the fleet; without it, by the process only (duplicates
 across workers are then possible; records always carry ``message_id`` = event ID).

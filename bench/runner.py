@@ -393,7 +393,9 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
     return summary
 
 
-def print_throughput(runs: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def print_throughput(
+    runs: list[dict[str, Any]], summary: dict[str, Any], *, paced: bool = False
+) -> None:
     headers = [c[0] for c in RUN_COLUMNS]
     print()
     print("Per run (window = first record to last record):")
@@ -437,6 +439,11 @@ def print_throughput(runs: list[dict[str, Any]], summary: dict[str, Any]) -> Non
         print(f"Ratio events/s product/naive:      {r['events_per_s_product_over_naive']:.2f}x")
         print(f"Ratio calls/event naive/product:   {r['calls_per_event_naive_over_product']:.2f}x")
     print()
+    if paced:
+        print(
+            "(Sends were paced: events/s is the send rate, so the capacity model does not apply.)"
+        )
+        return
     print("Capacity model (one pod, no budget): min(CPU-bound, concurrency / (calls x latency)):")
     rows = []
     for kind, m in summary["capacity_model"].items():
@@ -503,7 +510,7 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         reset_broker(args.broker_url)
         flush_redis(args.redis_url)
     summary = summarize_throughput(runs, args)
-    print_throughput(runs, summary)
+    print_throughput(runs, summary, paced=bool(args.send_rate))
     versions = {r["worker_source"]["worker_sha256"] for r in runs if r["worker_source"]}
     if len(versions) > 1:
         print(f"WARNING: the worker code changed between runs ({sorted(versions)})")

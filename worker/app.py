@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, signals
-from celery.app.task import Context
 from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
@@ -449,4 +448,4 @@ def _clear_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-__all__ = ["TASK_NAME", "Context", "EnrichTask", "app", "configure"]
+__all__ = ["TASK_NAME", "EnrichTask", "app", "configure"]

@@ -246,4 +246,4 @@ class DeadLetterPublisher:
         self._pool.close()
 
 
-__all__ = ["DeadLetterPublisher", "Producer", "PublishError", "RecordPublisher"]
+__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher"]

@@ -3,7 +3,8 @@
 httpcore asks, before reusing a pooled connection, whether its socket is readable, with a
 zero-timeout ``select.poll``. Under monkey-patching that poll is gevent's cooperative one, which
 costs a watcher per call and showed as a fifth of the worker's CPU in profiles. A zero-timeout poll
-never blocks, so the original, unpatched poll is both correct and cheap there.
+never blocks, so the original, unpatched poll is both correct and cheap there. redis-py asks the
+same question (``_socket_can_read(sock, 0)``) each time a connection leaves its pool: the same fix.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def patch() -> None:
     import httpcore._backends.sync as sync_backend  # noqa: PLC0415
 
     sync_backend.is_socket_readable = is_socket_readable  # type: ignore[attr-defined]
+
+    import redis._parsers.hiredis as hiredis_parser  # noqa: PLC0415
+
+    cooperative_can_read = hiredis_parser._socket_can_read
+
+    def socket_can_read(sock: Any, timeout: float) -> bool:
+        if timeout != 0 or (hasattr(sock, "pending") and sock.pending()):
+            return bool(cooperative_can_read(sock, timeout))  # may block: stay cooperative
+        return is_socket_readable(sock)
+
+    hiredis_parser._socket_can_read = socket_can_read
     _dump_greenlets_on_sigusr1()
 
 

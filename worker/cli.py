@@ -38,6 +38,10 @@ def _load(require_token: bool = True):  # type: ignore[no-untyped-def]
 
 
 def _run() -> int:
+    import os  # noqa: PLC0415
+
+    if os.environ.get("WORKER_PROCESSES", "1").strip() not in ("", "1"):
+        return _supervise()
     from worker._gevent import patch  # noqa: PLC0415
 
     patch()
@@ -62,6 +66,23 @@ def _run() -> int:
         ]
     )
     return 0
+
+
+def _supervise() -> int:
+    """Several worker processes under one supervisor (no gevent here: it only runs children)."""
+    settings = _load()
+    from worker.logging import configure_logging, register_secret  # noqa: PLC0415
+
+    register_secret(settings.rapidly_api_token.get_secret_value())
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if settings.worker_processes == 1:  # e.g. "01": not worth a supervisor
+        import os  # noqa: PLC0415
+
+        os.environ["WORKER_PROCESSES"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "worker", "run"])  # noqa: S606
+    from worker.supervisor import run  # noqa: PLC0415
+
+    return run(settings)
 
 
 def _queue_name() -> str:

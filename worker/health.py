@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
+# Written by the supervisor (WORKER_PROCESSES > 1): the pod's health is that of every child.
+PROCESSES_FILE = "processes.json"
 LIVE_STALE_SECONDS = 30.0
 
 
@@ -59,10 +61,32 @@ class HealthState:
             (self._dir / name).unlink(missing_ok=True)
 
 
+def children_health(directory: str) -> list[str] | None:
+    """The child health directories when ``directory`` belongs to a supervisor, else None."""
+    base = Path(directory)
+    try:
+        data: Any = json.loads((base / PROCESSES_FILE).read_text())
+        count = int(data["processes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(base / str(i)) for i in range(count)]
+
+
 def check(
     directory: str, what: str, *, stale_after: float = LIVE_STALE_SECONDS
 ) -> tuple[bool, str]:
-    """(ok, one-line reason) for ``live`` or ``ready``."""
+    """(ok, one-line reason) for ``live`` or ``ready``; with a supervisor, every child must be."""
+    children = children_health(directory)
+    if children is not None:
+        for index, child in enumerate(children):
+            ok, reason = _check_one(child, what, stale_after)
+            if not ok:
+                return False, f"process {index} of {len(children)}: {reason}"
+        return True, f"{len(children)} processes {'live' if what == 'live' else 'ready'}"
+    return _check_one(directory, what, stale_after)
+
+
+def _check_one(directory: str, what: str, stale_after: float) -> tuple[bool, str]:
     base = Path(directory)
     try:
         beat = float((base / "heartbeat").read_text().strip())

@@ -8,6 +8,7 @@ through ``redact``: the API token, should it ever reach a log call, is replaced 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -46,10 +47,24 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _process_index() -> int | None:
+    raw = os.environ.get("WORKER_PROCESS_INDEX", "")
+    return int(raw) if raw.isdigit() else None
+
+
 def configure_logging(*, level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not getattr(stream, "isatty", lambda: False)())
+    index = _process_index()
+
+    def add_process(
+        _: Any, __: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event_dict.setdefault("process", index)
+        return event_dict
+
     shared: list[Any] = [
+        *([add_process] if index is not None else []),
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

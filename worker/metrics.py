@@ -1,4 +1,6 @@
-"""Prometheus metrics, served on ``METRICS_PORT`` by each worker process (one gevent process)."""
+"""Prometheus metrics, served on ``METRICS_PORT`` by the worker process; with ``WORKER_PROCESSES``
+> 1 the supervisor serves them summed over its children (prometheus_client's multiprocess mode,
+switched on by ``PROMETHEUS_MULTIPROC_DIR``, which the supervisor sets for its children)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ DEAD_LETTERS = Counter("rapidly_dead_letters", "Dead-lettered messages, by reaso
 # Labelled by kind, not routing key: user event names are unbounded.
 PUBLISHED = Counter("rapidly_records_published", "Records confirmed by the broker", ["kind"])
 READY = Gauge(
-    "rapidly_worker_ready", "1 while the broker is reachable and the API accepts the token"
+    "rapidly_worker_ready",
+    "1 while the broker is reachable and the API accepts the token",
+    multiprocess_mode="livemin",  # several processes: ready only if every live one is
 )
 
 

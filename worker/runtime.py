@@ -94,17 +94,7 @@ class Runtime:
             ttl=settings.dedupe_ttl_seconds, lease=DEAD_LETTER_LEASE_SECONDS
         )
         if settings.redis_url:
-            import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
-
-            redis = redis_lib.Redis.from_url(
-                settings.redis_url,
-                socket_timeout=2.0,
-                socket_connect_timeout=2.0,
-                # No PING before a command: it would yield between a record reaching the
-                # broker and its "sent" mark reaching Redis (the fault suite saw duplicates).
-                health_check_interval=0,
-                retry_on_timeout=True,
-            )
+            redis = redis_client(settings.redis_url, settings.worker_concurrency)
             limiter = _MeteredLimiter(
                 RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit),
                 fallback=local_limiter,
@@ -249,3 +239,27 @@ def current() -> Runtime:
     if _current is None:
         raise RuntimeError("worker runtime not started (worker_init did not run)")
     return _current
+
+
+def redis_client(url: str, concurrency: int) -> Any:
+    """The process's one Redis client (cache, limiter, dedupe), with a pool sized for the pool of
+    greenlets."""
+    import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
+
+    return redis_lib.Redis(
+        connection_pool=redis_lib.BlockingConnectionPool.from_url(
+            url,
+            # redis-py's default is 100 connections, and a greenlet can hold two (the
+            # pre-acquired "sent" mark's and one for a command), plus background threads:
+            # at the default concurrency the pool ran dry ("Too many connections", seen as
+            # requeued events). Sized for the worst case, and waiting instead of failing.
+            max_connections=2 * concurrency + 32,
+            timeout=2.0,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            # No PING before a command: it would yield between a record reaching the
+            # broker and its "sent" mark reaching Redis (the fault suite saw duplicates).
+            health_check_interval=0,
+            retry_on_timeout=True,
+        )
+    )

@@ -1,14 +1,21 @@
 """Processes and broker plumbing for the benchmark: the simulator, workers started from a command
 line (the Procfile's ``worker:`` line for the product), a record collector, a process-tree
-sampler (RSS and CPU), a producer that sends like any producer, and queue/Redis resets.
+sampler (RSS and CPU), CPU accounting of RabbitMQ, Redis and the benchmark itself, a producer
+that sends like any producer, queue/Redis resets, and the RabbitMQ vhost (created if missing).
 
 Only the RabbitMQ vhost and the Redis databases given on the command line are touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,10 +23,11 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 from celery import Celery
@@ -40,6 +48,8 @@ CUSTOMER_CREATED = Queue(
 # The benchmark's own view of every record. Not durable: the broker need not write the copies
 # to disk (the worker's confirms still cover the durable rapidly.customer_created queue).
 RECORDS = Queue("bench.records", ENRICHED, routing_key="#", durable=False)
+# Logged once by each worker process when it consumes (the naive worker prints it too).
+READY_MARKER = "worker.consumer_ready"
 
 
 def procfile_command(kind: str = "worker") -> str:
@@ -84,14 +94,15 @@ class Simulator:
             return json.loads(response.read() or b"null")
 
     def stats(self) -> dict[str, Any]:
-        return self.admin("/_sim/stats")
+        stats: dict[str, Any] = self.admin("/_sim/stats")
+        return stats
 
     def reset_stats(self) -> None:
         self.admin("/_sim/stats/reset", {})
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
-        return times.user + times.system
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -122,6 +133,9 @@ class WorkerProcess:
     command: str
     env: dict[str, str]
     log_path: Path
+    # How many READY_MARKER lines mean "ready": one per worker process (WORKER_PROCESSES=N
+    # starts N children under a supervisor, and each logs the marker once).
+    ready_lines: int = 1
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -146,15 +160,25 @@ class WorkerProcess:
         except FileNotFoundError:
             return ""
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def ready_count(self) -> int:
+        return sum(1 for line in self.log_text().splitlines() if READY_MARKER in line)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until ``ready_lines`` lines with READY_MARKER are in the log (90 s, +15 s per extra
+        process: N processes start at once on few cores)."""
+        if timeout is None:
+            timeout = 90 + 15 * (self.ready_lines - 1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
-            if "worker.consumer_ready" in self.log_text():
+            if self.ready_count() >= self.ready_lines:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_text()[-3000:]}")
+        raise RuntimeError(
+            f"{self.name} not ready in {timeout:.0f}s ({self.ready_count()}/{self.ready_lines} "
+            f"{READY_MARKER} lines):\n{self.log_text()[-3000:]}"
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -244,6 +268,119 @@ class TreeSampler(threading.Thread):
 
 
 # --------------------------------------------------------------------------------------------
+# CPU of the machine's other parts: RabbitMQ, Redis, the benchmark itself
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds (user + system, all threads) per process, keyed by (pid, create time), and
+    when they were read."""
+
+    at: float
+    seconds: dict[tuple[int, float], float]
+
+    @classmethod
+    def of(cls, procs: Iterable[psutil.Process]) -> CpuSnapshot:
+        at = time.time()
+        seconds: dict[tuple[int, float], float] = {}
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    seconds[(proc.pid, proc.create_time())] = times.user + times.system
+            except psutil.Error:  # NoSuchProcess (gone since it was found), AccessDenied
+                continue
+        return cls(at, seconds)
+
+    def since(self, earlier: CpuSnapshot) -> float:
+        """CPU seconds used between ``earlier`` and this snapshot. A process that started in
+        between counts from its start; one that exited in between is lost (its share then shows
+        up in ``rest``); one seen only now but older than ``earlier`` is left out."""
+        total = 0.0
+        for key, seconds in self.seconds.items():
+            if key in earlier.seconds:
+                total += max(0.0, seconds - earlier.seconds[key])
+            elif key[1] >= earlier.at:
+                total += seconds
+        return total
+
+
+def processes_named(name: str) -> list[psutil.Process]:
+    """Processes whose name or first command-line word (redis-server rewrites its argv to a title
+    such as ``redis-server 127.0.0.1:6379``) is ``name``."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmdline = proc.info.get("cmdline") or []
+            first = os.path.basename(cmdline[0].split(" ", 1)[0]) if cmdline else ""
+            if name in (proc.info.get("name"), first):
+                found.append(proc)
+        except (psutil.Error, IndexError):
+            continue
+    return found
+
+
+def _serves_port(proc: psutil.Process, port: int) -> bool:
+    try:
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in proc.net_connections(kind="tcp")
+        )
+    except psutil.AccessDenied:
+        try:
+            return f":{port}" in " ".join(proc.cmdline())
+        except psutil.Error:
+            return False
+    except psutil.Error:
+        return False
+
+
+def rabbitmq_processes() -> list[psutil.Process]:
+    return processes_named("beam.smp")
+
+
+def redis_processes(redis_url: str) -> list[psutil.Process]:
+    """The redis-server(s) listening on ``redis_url``'s port (other sessions may run their own
+    on other ports); every redis-server if none can be told apart."""
+    servers = processes_named("redis-server")
+    try:
+        port = urlsplit(redis_url).port
+    except ValueError:
+        port = None
+    if port is None and redis_url.startswith(("redis://", "rediss://")):
+        port = 6379
+    if port is None:
+        return servers
+    return [p for p in servers if _serves_port(p, port)] or servers
+
+
+class OtherCpu:
+    """Snapshots of the CPU time of RabbitMQ (``beam.smp``), the Redis server (``redis-server``)
+    and this benchmark process (all its threads: record collector, samplers, producer). The
+    processes are looked up again at every snapshot."""
+
+    def __init__(self, redis_url: str) -> None:
+        # "bench" first: the process scans for the other two then fall outside its own figure
+        # at both ends, as they fall outside the machine's figure read just before.
+        self.finders: dict[str, Callable[[], list[psutil.Process]]] = {
+            "bench": lambda: [psutil.Process()],
+            "rabbitmq": rabbitmq_processes,
+            "redis": lambda: redis_processes(redis_url),
+        }
+
+    def snapshot(self) -> dict[str, CpuSnapshot]:
+        return {label: CpuSnapshot.of(find()) for label, find in self.finders.items()}
+
+    @staticmethod
+    def between(before: dict[str, CpuSnapshot], after: dict[str, CpuSnapshot]) -> dict[str, float]:
+        return {label: after[label].since(before[label]) for label in after}
+
+    @staticmethod
+    def pids(snapshot: dict[str, CpuSnapshot]) -> dict[str, list[int]]:
+        return {label: sorted(pid for pid, _ in snap.seconds) for label, snap in snapshot.items()}
+
+
+# --------------------------------------------------------------------------------------------
 # Records
 
 
@@ -287,9 +424,9 @@ class RecordCollector(threading.Thread):
         try:
             with Connection(self.broker_url, heartbeat=0) as conn:
                 conn.connect()
-                records_channel = conn.channel()
+                records_channel: Any = conn.channel()
                 records_channel.basic_qos(0, 2000, False)
-                other_channel = conn.channel()
+                other_channel: Any = conn.channel()
                 other_channel.basic_qos(0, 2000, False)
                 with (
                     Consumer(records_channel, [RECORDS], no_ack=True, on_message=self._on_record),
@@ -322,6 +459,150 @@ class RecordCollector(threading.Thread):
 # Broker and Redis
 
 
+AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
+
+
+class VhostProblem(RuntimeError):
+    """The broker URL's vhost is missing and could not be created; the message is one line that
+    says what to run by hand."""
+
+
+def _is_this_machine(host: str | None) -> bool:
+    if not host:
+        return True  # amqp://  (kombu's default host is localhost)
+    names = {"localhost", "localhost.localdomain", "ip6-localhost", socket.gethostname()}
+    if host.lower() in names:
+        return True
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            addresses = {
+                ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                for info in socket.getaddrinfo(host, None)
+            }
+        except (OSError, ValueError):
+            return False
+    local = {
+        ipaddress.ip_address(a.address.split("%")[0])
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family in (socket.AF_INET, socket.AF_INET6)
+    }
+    return all(a.is_loopback or a in local for a in addresses)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["rabbitmqctl", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "no output")[:200]
+
+
+def _vhost_usable(broker_url: str) -> bool:
+    try:
+        with Connection(broker_url, connect_timeout=5) as conn:
+            conn.connect()
+            return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+
+
+def ensure_vhost(broker_url: str) -> str | None:
+    """Create the vhost of an amqp:// ``broker_url`` on this machine if it is missing, and give
+    its user (guest if the URL names none) all permissions on it, with ``rabbitmqctl``. Returns
+    what was done (None: not an amqp:// URL on this machine, nothing checked). If rabbitmqctl is
+    missing or fails, the vhost is still fine if a connection to it succeeds (e.g. RabbitMQ in a
+    container, vhost created before); otherwise raises VhostProblem."""
+    conn = Connection(broker_url)
+    if conn.transport_cls not in AMQP_SCHEMES or not _is_this_machine(conn.hostname):
+        return None
+    vhost = conn.virtual_host or "/"
+    user = conn.userid or "guest"
+    perms = ("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    by_hand = " && ".join(
+        shlex.join(["rabbitmqctl", *cmd]) for cmd in (("add_vhost", vhost), perms)
+    )
+    problem: str
+    if shutil.which("rabbitmqctl") is None:
+        problem = "rabbitmqctl is not installed"
+    else:
+        try:
+            listed = rabbitmqctl("list_vhosts", "name")
+            if listed.returncode != 0:
+                problem = f"rabbitmqctl list_vhosts failed: {_first_line(listed.stderr)}"
+            else:
+                created = vhost not in {line.strip() for line in listed.stdout.splitlines()}
+                added = rabbitmqctl("add_vhost", vhost) if created else None
+                if (
+                    added is not None
+                    and added.returncode != 0
+                    and ("already exists" not in added.stderr)
+                ):
+                    problem = f"rabbitmqctl add_vhost failed: {_first_line(added.stderr)}"
+                else:
+                    granted = rabbitmqctl(*perms)
+                    if granted.returncode == 0:
+                        return f"created vhost {vhost!r}" if created else f"vhost {vhost!r} exists"
+                    problem = f"rabbitmqctl set_permissions failed: {_first_line(granted.stderr)}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = f"rabbitmqctl failed: {exc}"
+    if _vhost_usable(broker_url):
+        return f"vhost {vhost!r} reachable ({problem}; not needed)"
+    raise VhostProblem(
+        f"RabbitMQ vhost {vhost!r} is missing or unusable and could not be created ({problem}); "
+        f"create it by hand: {by_hand}"
+    )
+
+
+@contextlib.contextmanager
+def exclusive(
+    broker_url: str, redis_url: str, *, timeout: float, on_wait: Callable[[str], None]
+) -> Iterator[None]:
+    """One benchmark at a time per vhost and Redis DB: each run purges the queues and flushes the
+    DB, so two invocations would wreck each other's figures. Waits (``on_wait`` every 30 s) for
+    an earlier one, up to ``timeout``; raises TimeoutError after that."""
+    key = hashlib.sha256(f"{broker_url}\0{redis_url}".encode()).hexdigest()[:12]
+    # A fixed directory, not $TMPDIR: every session on the machine must see the same file.
+    path = Path("/tmp") / f"rapidly-bench-{key}.lock"
+    with path.open("a+") as handle:
+        deadline = time.monotonic() + timeout
+        next_note = 0.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown pid"
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another benchmark ({holder}) still uses this vhost and Redis DB after "
+                        f"{timeout:.0f}s ({path})"
+                    ) from None
+                if time.monotonic() >= next_note:
+                    on_wait(f"waiting for another benchmark ({holder}) on the same vhost/Redis DB")
+                    next_note = time.monotonic() + 30
+                time.sleep(1)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def reset_broker(broker_url: str) -> None:
     """Declare (as the worker and a plain producer do) and purge every queue the run uses."""
     with Connection(broker_url) as conn:
@@ -334,7 +615,8 @@ def reset_broker(broker_url: str) -> None:
 
 def queue_depth(broker_url: str, queue: Queue) -> int:
     with Connection(broker_url) as conn:
-        _name, count, _consumers = queue.bind(conn.default_channel).queue_declare(passive=True)
+        declared: Any = queue.bind(conn.default_channel).queue_declare(passive=True)
+        _name, count, _consumers = declared
         return int(count)
 
 

@@ -5,10 +5,11 @@ Default mode: the product worker (the Procfile's ``worker:`` line) and the naive
 each. ``--rate-limit-test``: three product workers share a 30/s budget through Redis.
 ``--memory-test``: one product worker, RSS after 20,000 and after 200,000 events.
 
+Before anything else the vhost of ``--broker-url`` is created if it is missing (rabbitmqctl).
 Every run: fresh queues and Redis DB, a fresh worker, simulator stats reset once the worker
-logged ``worker.consumer_ready``, then all N ids sent at once (a backlog: the producer sends
-~2,000/s, far faster than either worker drains), records consumed from ``bench.records``
-(bound to ``rapidly.enriched`` with ``#``) until all N arrived.
+logged ``worker.consumer_ready`` (once per process with ``--processes N``), then all N ids sent
+at once (a backlog: the producer sends ~2,000/s, far faster than either worker drains), records
+consumed from ``bench.records`` (bound to ``rapidly.enriched`` with ``#``) until all N arrived.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -36,11 +38,15 @@ from bench._infra import (
     EVENTS_QUEUE,
     ROOT,
     TOKEN,
+    OtherCpu,
     RecordCollector,
     Sender,
     Simulator,
     TreeSampler,
+    VhostProblem,
     WorkerProcess,
+    ensure_vhost,
+    exclusive,
     flush_redis,
     procfile_command,
     queue_depth,
@@ -65,6 +71,7 @@ SCRUBBED = (
     "REDIS_URL",
     "RAPIDLY_RATE_LIMIT",
     "WORKER_CONCURRENCY",
+    "WORKER_PROCESSES",
     "METRICS_PORT",
     "HEALTH_DIR",
 )
@@ -89,6 +96,17 @@ def mb(n: float) -> float:
     return n / (1024 * 1024)
 
 
+def idle_seconds(times: Any) -> float:
+    """Idle + iowait seconds of ``psutil.cpu_times()``, over all cores."""
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
+def total_seconds(times: Any) -> float:
+    """All seconds of ``psutil.cpu_times()``; on Linux guest time is already in user/nice."""
+    total = float(sum(times))
+    return total - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Workers
 
@@ -102,7 +120,10 @@ def product_worker(
     redis_url: str,
     rate_limit: str,
     concurrency: int,
+    processes: int,
 ) -> WorkerProcess:
+    """The Procfile's ``worker:`` line; ``processes`` > 1 makes it a supervisor of that many
+    worker processes (``WORKER_PROCESSES``), each with ``concurrency`` greenlets."""
     env = {
         "RAPIDLY_API_URL": api_url,
         "RAPIDLY_API_TOKEN": TOKEN,
@@ -110,13 +131,14 @@ def product_worker(
         "REDIS_URL": redis_url,
         "RAPIDLY_RATE_LIMIT": rate_limit,
         "WORKER_CONCURRENCY": str(concurrency),
+        "WORKER_PROCESSES": str(processes),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": "0",
         "HEALTH_DIR": str(tmp / f"health-{name}"),
         **EXTRA_ENV,
     }
-    return WorkerProcess(name, procfile_command(), env, tmp / f"{name}.log")
+    return WorkerProcess(name, procfile_command(), env, tmp / f"{name}.log", ready_lines=processes)
 
 
 def naive_worker(name: str, tmp: Path, *, api_url: str, broker: str) -> WorkerProcess:
@@ -214,11 +236,15 @@ def throughput_run(
             redis_url=args.redis_url,
             rate_limit=UNLIMITED,
             concurrency=args.concurrency,
+            processes=args.processes,
         )
-        concurrency = args.concurrency
+        processes = args.processes
+        concurrency = args.processes * args.concurrency
     else:
         worker = naive_worker(name, tmp, api_url=sim.url, broker=args.broker_url)
+        processes = NAIVE_CONCURRENCY  # prefork pool processes, one task each
         concurrency = NAIVE_CONCURRENCY
+    others = OtherCpu(args.redis_url)
     started = time.monotonic()
     source = source_fingerprint()
     worker.start()
@@ -232,12 +258,14 @@ def throughput_run(
         sender = Sender(args.broker_url)
         cpu0, sim_cpu0, t0 = sampler.cpu_seconds(), sim.cpu_seconds(), time.time()
         machine0 = psutil.cpu_times()
+        others0 = others.snapshot()
         sender.send(ids, rate=args.send_rate)
         send_s = time.time() - t0
         timeout = 120 + n * 0.3  # from the last send on
         finished = wait_for(collector, n, timeout, [worker])
         cpu1, sim_cpu1, t1 = sampler.cpu_seconds(), sim.cpu_seconds(), time.time()
         machine1 = psutil.cpu_times()
+        others1 = others.snapshot()
         stats = sim.stats()
         sender.close()
     finally:
@@ -255,11 +283,15 @@ def throughput_run(
     ]
     correct, bad = check_records(collector.bodies, dataset)
     busy = max(1e-9, t1 - t0)
-    idle_cores = ((machine1.idle + machine1.iowait) - (machine0.idle + machine0.iowait)) / busy
-    total_cores = sum(machine1) - sum(machine0)
+    idle_cores = (idle_seconds(machine1) - idle_seconds(machine0)) / busy
+    used_cores = (
+        (total_seconds(machine1) - total_seconds(machine0))
+        - (idle_seconds(machine1) - idle_seconds(machine0))
+    ) / busy
+    other_cores = {k: v / busy for k, v in OtherCpu.between(others0, others1).items()}
     rest_cores = (
-        total_cores - (machine1.idle + machine1.iowait - machine0.idle - machine0.iowait)
-    ) / busy - ((cpu1 - cpu0) + (sim_cpu1 - sim_cpu0)) / busy
+        used_cores - ((cpu1 - cpu0) + (sim_cpu1 - sim_cpu0)) / busy - sum(other_cores.values())
+    )
     result = {
         "worker": kind,
         "round": round_no,
@@ -285,10 +317,17 @@ def throughput_run(
         "worker_cpu_ms_per_event": round((cpu1 - cpu0) / n * 1000, 2),
         "worker_cpu_util": round((cpu1 - cpu0) / busy, 2),
         "simulator_cpu_util": round((sim_cpu1 - sim_cpu0) / busy, 2),
-        # Everything else on the machine (RabbitMQ, Redis, this process, other sessions), and
-        # the cores left idle, both in cores over send-start..last-record.
+        # In cores (1.0 = one core busy) over send-start..last-record, like the two above:
+        # RabbitMQ (beam.smp), the Redis server, this benchmark process (all threads), everything
+        # else on the machine (other sessions ...), and the cores left idle.
+        "rabbitmq_cpu_util": round(other_cores["rabbitmq"], 2),
+        "redis_cpu_util": round(other_cores["redis"], 2),
+        "bench_cpu_util": round(other_cores["bench"], 2),
         "rest_cpu_util": round(rest_cores, 2),
         "idle_cores": round(idle_cores, 2),
+        "cpu_accounted_pids": OtherCpu.pids(others1),
+        "processes": processes,
+        # In-flight events at most: processes x WORKER_CONCURRENCY for the product.
         "concurrency": concurrency,
         "stop_s": round(stop_s, 1),
         "exit_code": rc,
@@ -303,7 +342,7 @@ def throughput_run(
     return result
 
 
-RUN_COLUMNS = (
+RUN_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("run", lambda r: f"{r['worker']}-{r['round']}"),
     ("records", lambda r: f"{r['records']}/{r['events']}"),
     ("window s", lambda r: f"{r['window_s']:.1f}"),
@@ -316,6 +355,9 @@ RUN_COLUMNS = (
     ("CPU ms/ev", lambda r: f"{r['worker_cpu_ms_per_event']:.2f}"),
     ("wkr CPU", lambda r: f"{r['worker_cpu_util']:.0%}"),
     ("sim CPU", lambda r: f"{r['simulator_cpu_util']:.0%}"),
+    ("rabbit CPU", lambda r: f"{r['rabbitmq_cpu_util']:.0%}"),
+    ("redis CPU", lambda r: f"{r['redis_cpu_util']:.0%}"),
+    ("bench CPU", lambda r: f"{r['bench_cpu_util']:.0%}"),
     ("rest CPU", lambda r: f"{r['rest_cpu_util']:.0%}"),
     ("idle", lambda r: f"{r['idle_cores']:.0%}"),
     ("correct", lambda r: f"{r['correct_records']}/{r['records']}"),
@@ -372,15 +414,19 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
     cores = os.cpu_count() or 1
     model: dict[str, Any] = {}
     for kind, m in medians.items():
-        processes = 1 if kind == "product" else min(NAIVE_CONCURRENCY, cores)
-        concurrency = args.concurrency if kind == "product" else NAIVE_CONCURRENCY
-        cpu_bound = processes / (m["worker_cpu_ms_per_event"] / 1000)
+        # The product: --processes gevent processes (each at most one core) with
+        # WORKER_CONCURRENCY greenlets each; the naive worker: 2 prefork processes, 1 task each.
+        processes = args.processes if kind == "product" else NAIVE_CONCURRENCY
+        concurrency = args.processes * args.concurrency if kind == "product" else NAIVE_CONCURRENCY
+        cpu_bound = min(processes, cores) / (m["worker_cpu_ms_per_event"] / 1000)
         per_event = m["api_calls_per_event"] * latency_s
         concurrency_bound = concurrency / per_event if per_event > 0 else math.inf
         predicted = min(cpu_bound, concurrency_bound)
         # What one event's in-flight time must have been if the concurrency slots were the limit.
         implied = concurrency / m["events_per_s"] if m["events_per_s"] else math.inf
         model[kind] = {
+            "processes": processes,
+            "concurrency": concurrency,
             "implied_in_flight_ms_per_event": round(implied * 1000, 1),
             "cpu_bound_events_per_s": round(cpu_bound, 1),
             "api_wait_per_event_ms": round(per_event * 1000, 1),
@@ -444,12 +490,17 @@ def print_throughput(
             "(Sends were paced: events/s is the send rate, so the capacity model does not apply.)"
         )
         return
-    print("Capacity model (one pod, no budget): min(CPU-bound, concurrency / (calls x latency)):")
+    print(
+        "Capacity model (one pod, no budget): min(CPU-bound, concurrency / (calls x latency)); "
+        "CPU-bound = min(procs, cores) / CPU per event, conc = procs x concurrency each:"
+    )
     rows = []
     for kind, m in summary["capacity_model"].items():
         rows.append(
             [
                 kind,
+                str(m["processes"]),
+                str(m["concurrency"]),
                 f"{m['cpu_bound_events_per_s']:.1f}",
                 f"{m['api_wait_per_event_ms']:.1f}",
                 f"{m['concurrency_bound_events_per_s']:.1f}",
@@ -463,6 +514,8 @@ def print_throughput(
         table(
             [
                 "worker",
+                "procs",
+                "conc",
                 "CPU-bound ev/s",
                 "API wait ms/ev",
                 "conc-bound ev/s",
@@ -483,6 +536,7 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     log(
         f"compare: {n} events, latency {args.latency_ms} ms, {args.rounds} round(s) each, "
         + (f"sent at {args.send_rate:g}/s" if args.send_rate else "sent as one backlog")
+        + f"; product: {args.processes} process(es) x WORKER_CONCURRENCY {args.concurrency}"
     )
     dataset = build_dataset("bench", args.seed, n)
     ids = dataset.bench_order()
@@ -519,7 +573,9 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "events": n,
             "latency_ms": args.latency_ms,
             "rounds": args.rounds,
+            "product_processes": args.processes,
             "product_concurrency": args.concurrency,
+            "product_concurrency_total": args.processes * args.concurrency,
             "naive": NAIVE_COMMAND,
             "send": (
                 f"paced: {args.send_rate:g} ids/s from worker.consumer_ready on"
@@ -576,7 +632,8 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     n, window_goal, budget = args.rl_events, args.rl_window, 30.0
     fleet = args.rl_workers
     log(
-        f"rate-limit test: {fleet} product workers, RAPIDLY_RATE_LIMIT=30/s shared through "
+        f"rate-limit test: {fleet} product workers ({args.processes} process(es) x "
+        f"WORKER_CONCURRENCY {args.concurrency} each), RAPIDLY_RATE_LIMIT=30/s shared through "
         f"{args.redis_url}, simulator --rate-limit 30/s --latency-ms 20, backlog {n} events, "
         f"window {window_goal:.0f} s from the first record"
     )
@@ -607,6 +664,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             redis_url=args.redis_url,
             rate_limit="30/s",
             concurrency=args.concurrency,
+            processes=args.processes,
         )
         for i in range(1, fleet + 1)
     ]
@@ -663,6 +721,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     result = {
         "config": {
             "workers": fleet,
+            "processes_each": args.processes,
             "concurrency_each": args.concurrency,
             "budget": "30/s",
             "simulator": "--rate-limit 30/s --latency-ms 20",
@@ -753,7 +812,10 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from simulator import build_dataset  # noqa: PLC0415
 
     total, first = args.mem_events, args.mem_first
-    log(f"memory test: one product worker, {first} then up to {total} distinct events, latency 0")
+    log(
+        f"memory test: one product worker ({args.processes} process(es) x WORKER_CONCURRENCY "
+        f"{args.concurrency}), {first} then up to {total} distinct events, latency 0"
+    )
     began = time.monotonic()
     ids = build_dataset("bench", args.seed, total).bench_order()
     log(f"  dataset built in {time.monotonic() - began:.1f} s")
@@ -783,6 +845,7 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         redis_url=args.redis_url,
         rate_limit=UNLIMITED,
         concurrency=args.concurrency,
+        processes=args.processes,
     )
     source = source_fingerprint()
     log(f"  worker source at start: {source}")
@@ -858,6 +921,7 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "events": total,
             "first_checkpoint": first,
             "latency_ms": 0,
+            "processes": args.processes,
             "concurrency": args.concurrency,
             "simulator": "bench.fastsim (the simulator with indexed root windows)",
         },
@@ -916,7 +980,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency",
         type=int,
         default=100,
-        help="WORKER_CONCURRENCY of each product worker (default 100)",
+        help="WORKER_CONCURRENCY of each product worker process (default 100)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="WORKER_PROCESSES of each product worker: worker processes under one supervisor, "
+        "each with --concurrency greenlets (default 1)",
     )
     parser.add_argument(
         "--quick",
@@ -977,6 +1048,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs")
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     quick = args.quick
     args.workers = [w.strip() for w in args.workers.split(",") if w.strip()]
     if not set(args.workers) <= {"product", "naive"} or not args.workers:
@@ -1030,8 +1103,6 @@ def source_fingerprint() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys  # noqa: PLC0415
-
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
 
@@ -1040,6 +1111,22 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
+    try:
+        vhost = ensure_vhost(args.broker_url)
+    except VhostProblem as exc:
+        print(f"bench: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if vhost is not None:
+        log(f"broker: {vhost}")
+    try:
+        with exclusive(args.broker_url, args.redis_url, timeout=3600, on_wait=log):
+            return run_modes(args)
+    except TimeoutError as exc:
+        print(f"bench: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run_modes(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rapidly-bench-"))
     out: dict[str, Any] = {"source": source_fingerprint(), "worker_env_extra": dict(EXTRA_ENV)}
     log(f"worker source: {out['source']}" + (f", extra env {EXTRA_ENV}" if EXTRA_ENV else ""))

@@ -325,6 +325,11 @@ def throughput_run(
         "bench_cpu_util": round(other_cores["bench"], 2),
         "rest_cpu_util": round(rest_cores, 2),
         "idle_cores": round(idle_cores, 2),
+        # CPU the whole pipeline (worker, simulator, RabbitMQ, Redis, this benchmark) spent per
+        # event: on a shared machine, cores / this is a ceiling whatever the worker does.
+        "pipeline_cpu_ms_per_event": round(
+            (cpu1 - cpu0 + sim_cpu1 - sim_cpu0 + sum(other_cores.values()) * busy) / n * 1000, 2
+        ),
         "cpu_accounted_pids": OtherCpu.pids(others1),
         "processes": processes,
         # In-flight events at most: processes x WORKER_CONCURRENCY for the product.
@@ -394,6 +399,7 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
         "rate_limited_429",
         "worker_cpu_ms_per_event",
         "worker_cpu_util",
+        "pipeline_cpu_ms_per_event",
     )
     medians: dict[str, dict[str, float]] = {}
     for kind in ("product", "naive"):
@@ -419,9 +425,16 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
         processes = args.processes if kind == "product" else NAIVE_CONCURRENCY
         concurrency = args.processes * args.concurrency if kind == "product" else NAIVE_CONCURRENCY
         cpu_bound = min(processes, cores) / (m["worker_cpu_ms_per_event"] / 1000)
+        # Everything runs on these cores: the worker can have only what the rest leaves.
+        machine_bound = cores / (m["pipeline_cpu_ms_per_event"] / 1000)
         per_event = m["api_calls_per_event"] * latency_s
         concurrency_bound = concurrency / per_event if per_event > 0 else math.inf
-        predicted = min(cpu_bound, concurrency_bound)
+        predicted = min(cpu_bound, machine_bound, concurrency_bound)
+        limits = {
+            "worker cpu": cpu_bound,
+            "machine cpu": machine_bound,
+            "concurrency x latency": concurrency_bound,
+        }
         # What one event's in-flight time must have been if the concurrency slots were the limit.
         implied = concurrency / m["events_per_s"] if m["events_per_s"] else math.inf
         model[kind] = {
@@ -429,11 +442,13 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
             "concurrency": concurrency,
             "implied_in_flight_ms_per_event": round(implied * 1000, 1),
             "cpu_bound_events_per_s": round(cpu_bound, 1),
+            "machine_bound_events_per_s": round(machine_bound, 1),
+            "pipeline_cpu_ms_per_event": m["pipeline_cpu_ms_per_event"],
             "api_wait_per_event_ms": round(per_event * 1000, 1),
             "concurrency_bound_events_per_s": round(concurrency_bound, 1),
             "predicted_events_per_s": round(predicted, 1),
             "measured_events_per_s": m["events_per_s"],
-            "limited_by": "cpu" if cpu_bound <= concurrency_bound else "concurrency x latency",
+            "limited_by": min(limits, key=lambda k: limits[k]),
         }
     summary["capacity_model"] = model
     return summary
@@ -491,8 +506,10 @@ def print_throughput(
         )
         return
     print(
-        "Capacity model (one pod, no budget): min(CPU-bound, concurrency / (calls x latency)); "
-        "CPU-bound = min(procs, cores) / CPU per event, conc = procs x concurrency each:"
+        "Capacity model (one pod, no budget): min(worker CPU-bound, machine CPU-bound, "
+        "concurrency / (calls x latency)); worker CPU-bound = min(procs, cores) / worker CPU per "
+        "event, machine CPU-bound = cores / pipeline CPU per event (worker + simulator + RabbitMQ "
+        "+ Redis + benchmark: they share the cores), conc = procs x concurrency each:"
     )
     rows = []
     for kind, m in summary["capacity_model"].items():
@@ -502,6 +519,8 @@ def print_throughput(
                 str(m["processes"]),
                 str(m["concurrency"]),
                 f"{m['cpu_bound_events_per_s']:.1f}",
+                f"{m['pipeline_cpu_ms_per_event']:.2f}",
+                f"{m['machine_bound_events_per_s']:.1f}",
                 f"{m['api_wait_per_event_ms']:.1f}",
                 f"{m['concurrency_bound_events_per_s']:.1f}",
                 f"{m['predicted_events_per_s']:.1f}",
@@ -517,6 +536,8 @@ def print_throughput(
                 "procs",
                 "conc",
                 "CPU-bound ev/s",
+                "pipeline CPU ms/ev",
+                "machine-bound ev/s",
                 "API wait ms/ev",
                 "conc-bound ev/s",
                 "predicted",
@@ -985,9 +1006,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
+        default=None,
         help="WORKER_PROCESSES of each product worker: worker processes under one supervisor, "
-        "each with --concurrency greenlets (default 1)",
+        "each with --concurrency greenlets (default: 2 in the comparison, one pod using both "
+        "cores of the reference machine; 1 per worker in the fleet and memory tests)",
     )
     parser.add_argument(
         "--quick",
@@ -1048,6 +1070,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs")
     args = parser.parse_args(argv)
+    if args.processes is None:
+        args.processes = 1 if (args.rate_limit_test or args.memory_test) else 2
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     quick = args.quick

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from worker.rapidly import (
     RedisRateLimiter,
     RetryPolicy,
 )
+from worker.rapidly._ratelimit import DispatchingLimiter
 from worker.rapidly._store import namespace_for
 from worker.service import EnrichmentService
 from worker.settings import Settings
@@ -37,8 +39,21 @@ log = structlog.get_logger()
 DEAD_LETTER_LEASE_SECONDS = 30
 
 
+class _TimedDispatcher(DispatchingLimiter):
+    """The process's admission to the API budget; each caller's wait (queue included) timed."""
+
+    def acquire(
+        self, still_needed: Callable[[], bool] | None = None, *, priority: bool = False
+    ) -> float:
+        started = time.monotonic()
+        try:
+            return super().acquire(still_needed, priority=priority)
+        finally:
+            metrics.RATELIMIT_WAIT.observe(time.monotonic() - started)
+
+
 class _MeteredLimiter:
-    """Times waits; falls back to a per-process budget while Redis is unreachable."""
+    """Falls back to a per-process budget while Redis is unreachable."""
 
     def __init__(self, inner: RateLimiter, fallback: RateLimiter | None = None):
         self._inner = inner
@@ -52,7 +67,6 @@ class _MeteredLimiter:
                 raise
             log.warning("ratelimit.redis_unavailable", error=type(exc).__name__)
             waited = self._fallback.acquire()
-        metrics.RATELIMIT_WAIT.observe(waited)
         return waited
 
     def penalize(self, seconds: float) -> None:
@@ -111,10 +125,11 @@ class Runtime:
                 ttl=settings.dedupe_ttl_seconds,
                 lease=DEAD_LETTER_LEASE_SECONDS,
             )
+        admission = _TimedDispatcher(limiter)
         client = RapidlyClient(
             settings.rapidly_api_url,
             settings.rapidly_api_token,
-            limiter=limiter,
+            limiter=admission,
             timeout=settings.api_timeout_seconds,
             max_connections=settings.http_connections,
             observer=metrics.observe_api,
@@ -129,7 +144,7 @@ class Runtime:
         store = EventStore(
             client,
             policy=policy,
-            limiter=limiter,
+            limiter=admission,
             max_events=settings.cache_max_events,
             event_max_age=settings.event_max_age_seconds,
             counts_max_age=settings.counts_max_age_seconds,

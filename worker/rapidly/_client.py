@@ -36,7 +36,7 @@ from worker.errors import (
     UnexpectedResponse,
 )
 from worker.rapidly._models import Event, EventPage
-from worker.rapidly._ratelimit import RateLimiter
+from worker.rapidly._ratelimit import DispatchingLimiter, RateLimiter
 
 log = structlog.get_logger()
 
@@ -80,6 +80,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+StillNeeded = Callable[[], bool] | None
+
+
 class RapidlyClient:
     def __init__(
         self,
@@ -115,9 +118,13 @@ class RapidlyClient:
 
     # --- endpoints
 
-    def get_event(self, event_id: str) -> Event:
+    def get_event(self, event_id: str, *, still_needed: StillNeeded = None) -> Event:
+        """``still_needed`` is asked when the budget allows the request (DispatchingLimiter):
+        False raises NoLongerNeeded instead of sending it."""
         event_id = validate_event_id(event_id)
-        body = self._request("get", f"api/events/{event_id}", None, event_id=event_id)
+        body = self._request(
+            "get", f"api/events/{event_id}", None, event_id=event_id, still_needed=still_needed
+        )
         try:
             return Event.from_api(body)
         except ValidationError as exc:
@@ -125,8 +132,10 @@ class RapidlyClient:
                 f"GET event {event_id}: body is not an event ({exc.error_count()} errors)"
             ) from None
 
-    def list_events(self, params: dict[str, Any]) -> EventPage:
-        body = self._request("list", "api/events/", params, event_id=None)
+    def list_events(self, params: dict[str, Any], *, still_needed: StillNeeded = None) -> EventPage:
+        body = self._request(
+            "list", "api/events/", params, event_id=None, still_needed=still_needed
+        )
         try:
             return EventPage.from_api(body)
         except (ValidationError, ValueError, TypeError) as exc:
@@ -134,11 +143,14 @@ class RapidlyClient:
                 f"list events: body is not an event list ({type(exc).__name__})"
             ) from None
 
-    def list_children(self, parent_id: str, *, page: int = 1) -> EventPage:
+    def list_children(
+        self, parent_id: str, *, page: int = 1, still_needed: StillNeeded = None
+    ) -> EventPage:
         """Direct children of ``parent_id``: ``depth=1``, since without a depth the server
         ignores parent_id."""
         return self.list_events(
-            {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page}
+            {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page},
+            still_needed=still_needed,
         )
 
     def check_token(self) -> None:
@@ -148,9 +160,18 @@ class RapidlyClient:
     # --- one exchange
 
     def _request(
-        self, kind: str, path: str, params: dict[str, Any] | None, *, event_id: str | None
+        self,
+        kind: str,
+        path: str,
+        params: dict[str, Any] | None,
+        *,
+        event_id: str | None,
+        still_needed: StillNeeded = None,
     ) -> dict[str, Any]:
-        if self._limiter is not None:
+        if isinstance(self._limiter, DispatchingLimiter):
+            # List calls go first: each answers many GETs.
+            self._limiter.acquire(still_needed, priority=kind == "list")
+        elif self._limiter is not None:
             self._limiter.acquire()
         url = self._base.join(path)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}

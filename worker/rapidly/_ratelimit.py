@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from worker.settings import RateLimit
@@ -89,3 +91,112 @@ class RedisRateLimiter:
 
     def penalize(self, seconds: float) -> None:
         self._script(keys=[self._key], args=[self._interval, self._tolerance, seconds])
+
+
+class NoLongerNeeded(Exception):
+    """The request was answered from the cache while it waited for its slot: do not send it."""
+
+
+class _Waiter:
+    __slots__ = ("error", "granted", "ready", "still_needed")
+
+    def __init__(self, still_needed: Callable[[], bool] | None) -> None:
+        self.still_needed = still_needed
+        self.ready = threading.Event()
+        self.granted = False
+        self.error: BaseException | None = None
+
+
+class DispatchingLimiter:
+    """Hands out slots at the moment they come due, to the first waiter that still needs one.
+
+    With every caller reserving its own slot (plain GCRA), a hundred greenlets that miss the
+    cache under a tight budget each hold a slot seconds ahead, and each sends its request when
+    the slot comes, even if a list call that landed meanwhile (a root window, a children listing)
+    already brought the answer: the calls per event under budget were three times the
+    unthrottled ones. Here the process keeps its waiters in a local queue and one pump holds at
+    most one reservation on the (fleet-wide) timeline: when the slot comes due the pump asks the
+    waiters in order whether they still need it (``still_needed``, a cache lookup) and gives it
+    to the first that does; the others return without a call. List calls go first: they bring
+    whole events with counts and answer many GETs. A slot nobody needs any more is simply
+    passed on to the next waiter, so the budget is neither exceeded nor left unused while there
+    is demand.
+    """
+
+    def __init__(self, inner: RateLimiter) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._lists: deque[_Waiter] = deque()
+        self._gets: deque[_Waiter] = deque()
+        self._pumping = False
+
+    def acquire(
+        self, still_needed: Callable[[], bool] | None = None, *, priority: bool = False
+    ) -> float:
+        """Block until this caller may send; NoLongerNeeded if the cache answered meanwhile."""
+        started = time.monotonic()
+        waiter = _Waiter(still_needed)
+        with self._lock:
+            (self._lists if priority else self._gets).append(waiter)
+            start = not self._pumping
+            self._pumping = True
+        if start:
+            threading.Thread(target=self._pump, daemon=True, name="ratelimit-pump").start()
+        waiter.ready.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        if not waiter.granted:
+            raise NoLongerNeeded
+        return time.monotonic() - started
+
+    def penalize(self, seconds: float) -> None:
+        self._inner.penalize(seconds)
+
+    def _next(self) -> _Waiter | None:
+        with self._lock:
+            queue = self._lists or self._gets
+            if not queue:
+                self._pumping = False
+                return None
+            return queue[0]
+
+    def _pop(self, waiter: _Waiter) -> None:
+        with self._lock:
+            for queue in (self._lists, self._gets):
+                if queue and queue[0] is waiter:
+                    queue.popleft()
+                    return
+
+    def _pump(self) -> None:
+        while True:
+            if self._next() is None:
+                return
+            try:
+                self._inner.acquire()
+            except Exception as exc:  # noqa: BLE001 - the first waiter gets it, the pump lives on
+                waiter = self._next()
+                if waiter is None:
+                    return
+                self._pop(waiter)
+                waiter.error = exc
+                waiter.ready.set()
+                continue
+            # The slot is due now: the first waiter that still needs it takes it.
+            while (waiter := self._next()) is not None:
+                self._pop(waiter)
+                if self._still_needed(waiter):
+                    waiter.granted = True
+                    waiter.ready.set()
+                    break
+                waiter.ready.set()  # answered from the cache: returns without a call
+            else:
+                return
+
+    @staticmethod
+    def _still_needed(waiter: _Waiter) -> bool:
+        if waiter.still_needed is None:
+            return True
+        try:
+            return bool(waiter.still_needed())
+        except Exception:  # noqa: BLE001 - when in doubt, send the request
+            return True

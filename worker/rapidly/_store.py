@@ -41,7 +41,7 @@ from worker.errors import (
 )
 from worker.rapidly._client import RapidlyClient
 from worker.rapidly._models import Event
-from worker.rapidly._ratelimit import RateLimiter
+from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
 
 log = structlog.get_logger()
 
@@ -355,13 +355,33 @@ class EventStore:
     # --- fetching
 
     def _fetch(self, event_id: str, not_found_wait: float) -> Event:
-        event = self._retrying(
-            lambda: self._client.get_event(event_id),
-            not_found_wait=not_found_wait,
-            event_id=event_id,
-        )
+        try:
+            # Asked again when the budget lets the GET go: a list call may have brought the
+            # event while it waited (DispatchingLimiter), and then no call is made.
+            event = self._retrying(
+                lambda: self._client.get_event(
+                    event_id, still_needed=lambda: self._fresh_event(event_id) is None
+                ),
+                not_found_wait=not_found_wait,
+                event_id=event_id,
+            )
+        except NoLongerNeeded:
+            cached = self._fresh_event(event_id)
+            if cached is not None:
+                return cached
+            event = self._retrying(  # evicted in between: fetch it after all
+                lambda: self._client.get_event(event_id),
+                not_found_wait=not_found_wait,
+                event_id=event_id,
+            )
         self._remember([_Entry(event, self._clock())])
         return event
+
+    def _fresh_event(self, event_id: str) -> Event | None:
+        entry = self._lookup(event_id)
+        if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
+            return entry.event
+        return None
 
     def _count_children(self, event: Event) -> ChildCounts:
         page_no, direct, descendants = 1, 0, 0
@@ -369,7 +389,18 @@ class EventStore:
         entries: list[_Entry] = []
         now = self._clock()
         while True:
-            page = self._retrying(lambda p=page_no: self._client.list_children(event.id, page=p))  # type: ignore[misc]
+            still_needed = (lambda: self._known_counts(event.id) is None) if page_no == 1 else None
+            try:
+                page = self._retrying(
+                    lambda p=page_no, n=still_needed: self._client.list_children(  # type: ignore[misc]
+                        event.id, page=p, still_needed=n
+                    )
+                )
+            except NoLongerNeeded:
+                known = self._known_counts(event.id)  # listed meanwhile (a sibling's listing)
+                if known is not None:
+                    return known
+                continue
             if page_no == 1:
                 direct = page.total
             for child in page.events:
@@ -409,6 +440,9 @@ class EventStore:
             api_calls.set(api_calls.get() + 1)
             try:
                 return call()
+            except NoLongerNeeded:
+                api_calls.set(api_calls.get() - 1)  # not sent
+                raise
             except RateLimited as exc:
                 if self._limiter is not None:
                     self._limiter.penalize(exc.retry_after)

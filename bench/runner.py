@@ -222,11 +222,7 @@ def throughput_run(
 ) -> dict[str, Any]:
     n = len(ids)
     name = f"{kind}-{round_no}"
-    reset_broker(args.broker_url)
-    flush_redis(args.redis_url)
-    collector = RecordCollector(args.broker_url, keep_bodies=True)
-    collector.start()
-    collector.ready.wait(10)
+    collector = fresh_start(args, keep_bodies=True)
     if kind == "product":
         worker = product_worker(
             name,
@@ -559,6 +555,34 @@ def print_throughput(
     )
 
 
+def fresh_start(args: argparse.Namespace, *, keep_bodies: bool) -> RecordCollector:
+    """Empty queues and Redis DB, and a record collector listening before anything is sent."""
+    reset_broker(args.broker_url)
+    flush_redis(args.redis_url)
+    collector = RecordCollector(args.broker_url, keep_bodies=keep_bodies)
+    collector.start()
+    collector.ready.wait(10)
+    return collector
+
+
+def bench_simulator(
+    n: int, seed: int, latency_ms: float, *extra: str, module: str = "simulator"
+) -> Simulator:
+    """The simulator serving the bench dataset of ``n`` events."""
+    return Simulator(
+        "--dataset",
+        "bench",
+        "--bench-size",
+        str(n),
+        "--seed",
+        str(seed),
+        "--latency-ms",
+        str(latency_ms),
+        *extra,
+        module=module,
+    )
+
+
 def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from simulator import build_dataset  # noqa: PLC0415
 
@@ -570,16 +594,7 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     )
     dataset = build_dataset("bench", args.seed, n)
     ids = dataset.bench_order()
-    sim = Simulator(
-        "--dataset",
-        "bench",
-        "--bench-size",
-        str(n),
-        "--seed",
-        str(args.seed),
-        "--latency-ms",
-        str(args.latency_ms),
-    )
+    sim = bench_simulator(n, args.seed, args.latency_ms)
     runs: list[dict[str, Any]] = []
     try:
         for round_no in range(1, args.rounds + 1):
@@ -668,23 +683,8 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         f"window {window_goal:.0f} s from the first record"
     )
     ids = build_dataset("bench", args.seed, n).bench_order()
-    sim = Simulator(
-        "--dataset",
-        "bench",
-        "--bench-size",
-        str(n),
-        "--seed",
-        str(args.seed),
-        "--latency-ms",
-        "20",
-        "--rate-limit",
-        "30/s",
-    )
-    reset_broker(args.broker_url)
-    flush_redis(args.redis_url)
-    collector = RecordCollector(args.broker_url, keep_bodies=False)
-    collector.start()
-    collector.ready.wait(10)
+    sim = bench_simulator(n, args.seed, 20, "--rate-limit", "30/s")
+    collector = fresh_start(args, keep_bodies=False)
     workers = [
         product_worker(
             f"fleet-{i}",
@@ -849,24 +849,10 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     began = time.monotonic()
     ids = build_dataset("bench", args.seed, total).bench_order()
     log(f"  dataset built in {time.monotonic() - began:.1f} s")
-    sim = Simulator(
-        "--dataset",
-        "bench",
-        "--bench-size",
-        str(total),
-        "--seed",
-        str(args.seed),
-        "--latency-ms",
-        "0",
-        # The simulator scans every root per root-window list call: O(dataset) per call.
-        module="bench.fastsim",
-    )
+    # The simulator scans every root per root-window list call: O(dataset) per call.
+    sim = bench_simulator(total, args.seed, 0, module="bench.fastsim")
     log(f"  simulator ready at {time.monotonic() - began:.1f} s")
-    reset_broker(args.broker_url)
-    flush_redis(args.redis_url)
-    collector = RecordCollector(args.broker_url, keep_bodies=False)
-    collector.start()
-    collector.ready.wait(10)
+    collector = fresh_start(args, keep_bodies=False)
     worker = product_worker(
         "memory",
         tmp,

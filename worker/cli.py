@@ -40,7 +40,9 @@ def _load(require_token: bool = True):  # type: ignore[no-untyped-def]
 def _run() -> int:
     import os  # noqa: PLC0415
 
-    if os.environ.get("WORKER_PROCESSES", "1").strip() not in ("", "1"):
+    # Decided before gevent patches anything; both paths then check the value with the other
+    # settings (a wrong one stops start-up with one line).
+    if os.environ.get("WORKER_PROCESSES", "1").strip().lstrip("0") not in ("", "1"):
         return _supervise()
     from worker._gevent import patch  # noqa: PLC0415
 
@@ -75,11 +77,6 @@ def _supervise() -> int:
 
     register_secret(settings.rapidly_api_token.get_secret_value())
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    if settings.worker_processes == 1:  # e.g. "01": not worth a supervisor
-        import os  # noqa: PLC0415
-
-        os.environ["WORKER_PROCESSES"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "worker", "run"])  # noqa: S606
     from worker.supervisor import run  # noqa: PLC0415
 
     return run(settings)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,43 +38,26 @@ log = structlog.get_logger()
 DEAD_LETTER_LEASE_SECONDS = 30
 
 
-class _TimedDispatcher(DispatchingLimiter):
-    """The process's admission to the API budget; each caller's wait (queue included) timed."""
+class _FallbackLimiter:
+    """The fleet's budget in Redis; the per-process one while Redis is unreachable."""
 
-    def acquire(
-        self, still_needed: Callable[[], bool] | None = None, *, priority: bool = False
-    ) -> float:
-        started = time.monotonic()
-        try:
-            return super().acquire(still_needed, priority=priority)
-        finally:
-            metrics.RATELIMIT_WAIT.observe(time.monotonic() - started)
-
-
-class _MeteredLimiter:
-    """Falls back to a per-process budget while Redis is unreachable."""
-
-    def __init__(self, inner: RateLimiter, fallback: RateLimiter | None = None):
+    def __init__(self, inner: RateLimiter, fallback: RateLimiter):
         self._inner = inner
         self._fallback = fallback
 
     def acquire(self) -> float:
         try:
-            waited = self._inner.acquire()
-        except Exception as exc:
-            if self._fallback is None:
-                raise
+            return self._inner.acquire()
+        except Exception as exc:  # noqa: BLE001 - a slot of the local budget instead
             log.warning("ratelimit.redis_unavailable", error=type(exc).__name__)
-            waited = self._fallback.acquire()
-        return waited
+            return self._fallback.acquire()
 
     def penalize(self, seconds: float) -> None:
         try:
             self._inner.penalize(seconds)
         except Exception as exc:  # noqa: BLE001 - the local fallback still slows this process
             log.warning("ratelimit.penalize_failed", error=type(exc).__name__)
-        if self._fallback is not None:
-            self._fallback.penalize(seconds)
+        self._fallback.penalize(seconds)
 
 
 @dataclass
@@ -98,7 +80,7 @@ class Runtime:
         namespace = namespace_for(token)
         redis = None
         local_limiter = LocalRateLimiter(settings.rate_limit)
-        limiter: RateLimiter = _MeteredLimiter(local_limiter)
+        limiter: RateLimiter = local_limiter
         dedupe: DedupeStore = LocalDedupeStore(
             ttl=settings.dedupe_ttl_seconds, lease=settings.dedupe_lease_seconds
         )
@@ -109,9 +91,9 @@ class Runtime:
         )
         if settings.redis_url:
             redis = redis_client(settings.redis_url, settings.worker_concurrency)
-            limiter = _MeteredLimiter(
+            limiter = _FallbackLimiter(
                 RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit),
-                fallback=local_limiter,
+                local_limiter,
             )
             dedupe = RedisDedupeStore(
                 redis,
@@ -125,7 +107,7 @@ class Runtime:
                 ttl=settings.dedupe_ttl_seconds,
                 lease=DEAD_LETTER_LEASE_SECONDS,
             )
-        admission = _TimedDispatcher(limiter)
+        admission = DispatchingLimiter(limiter, observe=metrics.RATELIMIT_WAIT.observe)
         client = RapidlyClient(
             settings.rapidly_api_url,
             settings.rapidly_api_token,

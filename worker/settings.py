@@ -84,7 +84,6 @@ class Settings(BaseSettings):
     # --- the worker's own knobs (README: Configuration)
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     worker_processes: int = Field(default=1, ge=1, le=64)
-    worker_process_index: int | None = Field(default=None, ge=0, le=63)
     worker_prefetch_multiplier: int = Field(default=1, ge=1, le=16)
     enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)

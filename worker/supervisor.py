@@ -31,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -57,7 +57,6 @@ class Child:
     started_at: float = 0.0
     backoff: float = RESTART_BACKOFF_FIRST
     restart_at: float | None = None
-    exit_codes: list[int] = field(default_factory=list)
 
 
 def _pdeathsig() -> Any:
@@ -78,10 +77,10 @@ def _pdeathsig() -> Any:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, command: list[str] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._n = settings.worker_processes
-        self._command = command or [sys.executable, "-m", "worker", "run"]
+        self._command = [sys.executable, "-m", "worker", "run"]
         self._health = Path(settings.health_dir)
         self._metrics_dir = self._health / "metrics"
         self._children = [Child(i) for i in range(self._n)]
@@ -175,7 +174,7 @@ class Supervisor:
                     continue
                 if self._stopping is not None:
                     return
-                self._reap(child, code)
+                self._mark_dead(proc.pid)
                 child.proc = None
                 child.restart_at = now + child.backoff
                 log.error(
@@ -188,11 +187,6 @@ class Supervisor:
                 child.backoff = min(RESTART_BACKOFF_MAX, child.backoff * 2)
             elif child.restart_at is not None and now >= child.restart_at:
                 self._start(child)
-
-    def _reap(self, child: Child, code: int) -> None:
-        child.exit_codes.append(code)
-        if child.proc is not None:
-            self._mark_dead(child.proc.pid)
 
     def _mark_dead(self, pid: int) -> None:
         with contextlib.suppress(Exception):
@@ -207,7 +201,7 @@ class Supervisor:
             if child.proc is None:
                 continue
             code = child.proc.wait()
-            self._reap(child, code)
+            self._mark_dead(child.proc.pid)
             # A child stopped by the forwarded signal itself is a clean stop.
             if code not in (0, -signal.SIGTERM, -signal.SIGINT) and result == 0:
                 result = code if code > 0 else 128 - code

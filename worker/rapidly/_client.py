@@ -36,7 +36,7 @@ from worker.errors import (
     UnexpectedResponse,
 )
 from worker.rapidly._models import Event, EventPage
-from worker.rapidly._ratelimit import DispatchingLimiter, RateLimiter
+from worker.rapidly._ratelimit import DispatchingLimiter
 
 log = structlog.get_logger()
 
@@ -89,7 +89,7 @@ class RapidlyClient:
         base_url: str,
         token: SecretStr,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: DispatchingLimiter | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
@@ -168,11 +168,9 @@ class RapidlyClient:
         event_id: str | None,
         still_needed: StillNeeded = None,
     ) -> dict[str, Any]:
-        if isinstance(self._limiter, DispatchingLimiter):
+        if self._limiter is not None:
             # List calls go first: each answers many GETs.
             self._limiter.acquire(still_needed, priority=kind == "list")
-        elif self._limiter is not None:
-            self._limiter.acquire()
         url = self._base.join(path)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.monotonic()

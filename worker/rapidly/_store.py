@@ -183,7 +183,7 @@ class EventStore:
         entry = self._lookup(event_id)
         if entry is None and self._await_lists():
             entry = self._lookup(event_id)  # a window that was in flight may have brought it
-        if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
+        if entry is not None and self._is_fresh(entry):
             self._maybe_read_ahead(entry)
             return entry.event
         return self._collapse(
@@ -355,33 +355,32 @@ class EventStore:
     # --- fetching
 
     def _fetch(self, event_id: str, not_found_wait: float) -> Event:
-        try:
-            # Asked again when the budget lets the GET go: a list call may have brought the
-            # event while it waited (DispatchingLimiter), and then no call is made.
-            event = self._retrying(
-                lambda: self._client.get_event(
-                    event_id, still_needed=lambda: self._fresh_event(event_id) is None
-                ),
-                not_found_wait=not_found_wait,
-                event_id=event_id,
-            )
-        except NoLongerNeeded:
-            cached = self._fresh_event(event_id)
-            if cached is not None:
-                return cached
-            event = self._retrying(  # evicted in between: fetch it after all
-                lambda: self._client.get_event(event_id),
-                not_found_wait=not_found_wait,
-                event_id=event_id,
-            )
-        self._remember([_Entry(event, self._clock())])
-        return event
+        while True:
+            try:
+                # Asked again when the budget lets the GET go: a list call may have brought the
+                # event while it waited (DispatchingLimiter), and then no call is made.
+                event = self._retrying(
+                    lambda: self._client.get_event(
+                        event_id, still_needed=lambda: self._fresh_event(event_id) is None
+                    ),
+                    not_found_wait=not_found_wait,
+                    event_id=event_id,
+                )
+            except NoLongerNeeded:
+                cached = self._fresh_event(event_id)
+                if cached is not None:
+                    return cached
+                continue  # evicted in between: the next ask says it is needed
+            self._remember([_Entry(event, self._clock())])
+            return event
 
     def _fresh_event(self, event_id: str) -> Event | None:
         entry = self._lookup(event_id)
-        if entry is not None and self._clock() - entry.fetched_at <= self._event_max_age:
-            return entry.event
-        return None
+        return entry.event if entry is not None and self._is_fresh(entry) else None
+
+    def _is_fresh(self, entry: _Entry) -> bool:
+        """Whether a cached copy may stand for the enriched event itself (its customer is live)."""
+        return self._clock() - entry.fetched_at <= self._event_max_age
 
     def _count_children(self, event: Event) -> ChildCounts:
         page_no, direct, descendants = 1, 0, 0

@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -99,6 +100,24 @@ def mb(n: float) -> float:
 def idle_seconds(times: Any) -> float:
     """Idle + iowait seconds of ``psutil.cpu_times()``, over all cores."""
     return float(times.idle + getattr(times, "iowait", 0.0))
+
+
+def steal_seconds(times: Any) -> float:
+    return float(getattr(times, "steal", 0.0))
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the figures were measured on: the same code runs at different speeds on different
+    hosts (twice as slow per event on one earlier session's machine)."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "platform": platform.platform()}
 
 
 def total_seconds(times: Any) -> float:
@@ -280,13 +299,19 @@ def throughput_run(
     correct, bad = check_records(collector.bodies, dataset)
     busy = max(1e-9, t1 - t0)
     idle_cores = (idle_seconds(machine1) - idle_seconds(machine0)) / busy
+    # Time the hypervisor ran someone else while our vCPUs wanted to run: on a shared host the
+    # same code measures slower, and this says by how much the machine was taken away.
+    steal_cores = (steal_seconds(machine1) - steal_seconds(machine0)) / busy
     used_cores = (
         (total_seconds(machine1) - total_seconds(machine0))
         - (idle_seconds(machine1) - idle_seconds(machine0))
     ) / busy
     other_cores = {k: v / busy for k, v in OtherCpu.between(others0, others1).items()}
     rest_cores = (
-        used_cores - ((cpu1 - cpu0) + (sim_cpu1 - sim_cpu0)) / busy - sum(other_cores.values())
+        used_cores
+        - ((cpu1 - cpu0) + (sim_cpu1 - sim_cpu0)) / busy
+        - sum(other_cores.values())
+        - steal_cores
     )
     result = {
         "worker": kind,
@@ -324,6 +349,7 @@ def throughput_run(
         "bench_cpu_util": round(other_cores["bench"], 2),
         "rest_cpu_util": round(rest_cores, 2),
         "idle_cores": round(idle_cores, 2),
+        "steal_cores": round(steal_cores, 2),
         # CPU the whole pipeline (worker, simulator, RabbitMQ, Redis, this benchmark) spent per
         # event: on a shared machine, cores / this is a ceiling whatever the worker does.
         "pipeline_cpu_ms_per_event": round(
@@ -364,6 +390,7 @@ RUN_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("bench CPU", lambda r: f"{r['bench_cpu_util']:.0%}"),
     ("rest CPU", lambda r: f"{r['rest_cpu_util']:.0%}"),
     ("idle", lambda r: f"{r['idle_cores']:.0%}"),
+    ("steal", lambda r: f"{r.get('steal_cores', 0.0):.0%}"),
     ("correct", lambda r: f"{r['correct_records']}/{r['records']}"),
     ("dups", lambda r: str(r["duplicates"])),
 )
@@ -1149,6 +1176,7 @@ def run_modes(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rapidly-bench-"))
     out: dict[str, Any] = {"source": source_fingerprint(), "worker_env_extra": dict(EXTRA_ENV)}
     log(f"worker source: {out['source']}" + (f", extra env {EXTRA_ENV}" if EXTRA_ENV else ""))
+    log(f"machine: {machine_facts()}")
     began = time.monotonic()
     try:
         modes = []
@@ -1169,7 +1197,7 @@ def run_modes(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     out["total_seconds"] = round(time.monotonic() - began, 1)
-    out["machine"] = {"cpus": os.cpu_count()}
+    out["machine"] = machine_facts()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         log(f"wrote {args.json}")

@@ -9,20 +9,12 @@ Only the RabbitMQ vhost and the Redis databases given on the command line are to
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import ipaddress
-import json
 import os
-import shlex
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +23,20 @@ from urllib.parse import urlsplit
 
 import psutil
 from celery import Celery
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Consumer, Queue
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = str(Path(sys.executable).parent)
-TOKEN = "sim_oat_valid_token_0123456789"
-
-EVENTS = "rapidly.events"
-DEAD = "rapidly.events.dead"
-ENRICHED = Exchange("rapidly.enriched", type="topic", durable=True)
-EVENTS_QUEUE = Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True)
-DEAD_QUEUE = Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True)
-CUSTOMER_CREATED = Queue(
-    "rapidly.customer_created", ENRICHED, routing_key="system.customer.created", durable=True
+from devkit import (
+    CUSTOMER_CREATED,
+    DEAD_QUEUE,
+    ENRICHED,
+    EVENTS,
+    EVENTS_QUEUE,
+    ROOT,
+    VENV_BIN,
+    machine_lock,
+    reset_queues,
 )
+
 # The benchmark's own view of every record. Not durable: the broker need not write the copies
 # to disk (the worker's confirms still cover the durable rapidly.customer_created queue).
 RECORDS = Queue("bench.records", ENRICHED, routing_key="#", durable=False)
@@ -52,76 +44,8 @@ RECORDS = Queue("bench.records", ENRICHED, routing_key="#", durable=False)
 READY_MARKER = "worker.consumer_ready"
 
 
-def procfile_command(kind: str = "worker") -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{kind}:"):
-            return line.split(":", 1)[1].strip()
-    raise RuntimeError(f"Procfile has no {kind}: line")
-
-
-# --------------------------------------------------------------------------------------------
-# Simulator
-
-
-class Simulator:
-    def __init__(self, *args: str, module: str = "simulator") -> None:
-        self.args = args
-        self.module = module
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", "0", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"simulator did not start (exit {self.proc.poll()})")
-        self.url: str = json.loads(line)["url"]
-        self.ps = psutil.Process(self.proc.pid)
-
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method="POST" if body is not None else "GET",
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self.admin("/_sim/stats")
-        return stats
-
-    def reset_stats(self) -> None:
-        self.admin("/_sim/stats/reset", {})
-
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
 # --------------------------------------------------------------------------------------------
 # Workers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -459,110 +383,6 @@ class RecordCollector(threading.Thread):
 # Broker and Redis
 
 
-AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
-
-
-class VhostProblem(RuntimeError):
-    """The broker URL's vhost is missing and could not be created; the message is one line that
-    says what to run by hand."""
-
-
-def _is_this_machine(host: str | None) -> bool:
-    if not host:
-        return True  # amqp://  (kombu's default host is localhost)
-    names = {"localhost", "localhost.localdomain", "ip6-localhost", socket.gethostname()}
-    if host.lower() in names:
-        return True
-    try:
-        addresses = {ipaddress.ip_address(host)}
-    except ValueError:
-        try:
-            addresses = {
-                ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                for info in socket.getaddrinfo(host, None)
-            }
-        except (OSError, ValueError):
-            return False
-    local = {
-        ipaddress.ip_address(a.address.split("%")[0])
-        for addrs in psutil.net_if_addrs().values()
-        for a in addrs
-        if a.family in (socket.AF_INET, socket.AF_INET6)
-    }
-    return all(a.is_loopback or a in local for a in addresses)
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["rabbitmqctl", "--quiet", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else "no output")[:200]
-
-
-def _vhost_usable(broker_url: str) -> bool:
-    try:
-        with Connection(broker_url, connect_timeout=5) as conn:
-            conn.connect()
-            return True
-    except Exception:  # noqa: BLE001 - any failure means "not usable"
-        return False
-
-
-def ensure_vhost(broker_url: str) -> str | None:
-    """Create the vhost of an amqp:// ``broker_url`` on this machine if it is missing, and give
-    its user (guest if the URL names none) all permissions on it, with ``rabbitmqctl``. Returns
-    what was done (None: not an amqp:// URL on this machine, nothing checked). If rabbitmqctl is
-    missing or fails, the vhost is still fine if a connection to it succeeds (e.g. RabbitMQ in a
-    container, vhost created before); otherwise raises VhostProblem."""
-    conn = Connection(broker_url)
-    if conn.transport_cls not in AMQP_SCHEMES or not _is_this_machine(conn.hostname):
-        return None
-    vhost = conn.virtual_host or "/"
-    user = conn.userid or "guest"
-    perms = ("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    by_hand = " && ".join(
-        shlex.join(["rabbitmqctl", *cmd]) for cmd in (("add_vhost", vhost), perms)
-    )
-    problem: str
-    if shutil.which("rabbitmqctl") is None:
-        problem = "rabbitmqctl is not installed"
-    else:
-        try:
-            listed = rabbitmqctl("list_vhosts", "name")
-            if listed.returncode != 0:
-                problem = f"rabbitmqctl list_vhosts failed: {_first_line(listed.stderr)}"
-            else:
-                created = vhost not in {line.strip() for line in listed.stdout.splitlines()}
-                added = rabbitmqctl("add_vhost", vhost) if created else None
-                if (
-                    added is not None
-                    and added.returncode != 0
-                    and ("already exists" not in added.stderr)
-                ):
-                    problem = f"rabbitmqctl add_vhost failed: {_first_line(added.stderr)}"
-                else:
-                    granted = rabbitmqctl(*perms)
-                    if granted.returncode == 0:
-                        return f"created vhost {vhost!r}" if created else f"vhost {vhost!r} exists"
-                    problem = f"rabbitmqctl set_permissions failed: {_first_line(granted.stderr)}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"rabbitmqctl failed: {exc}"
-    if _vhost_usable(broker_url):
-        return f"vhost {vhost!r} reachable ({problem}; not needed)"
-    raise VhostProblem(
-        f"RabbitMQ vhost {vhost!r} is missing or unusable and could not be created ({problem}); "
-        f"create it by hand: {by_hand}"
-    )
-
-
 @contextlib.contextmanager
 def exclusive(
     broker_url: str, redis_url: str, *, timeout: float, on_wait: Callable[[str], None]
@@ -571,46 +391,18 @@ def exclusive(
     DB, so two invocations would wreck each other's figures. Waits (``on_wait`` every 30 s) for
     an earlier one, up to ``timeout``; raises TimeoutError after that."""
     key = hashlib.sha256(f"{broker_url}\0{redis_url}".encode()).hexdigest()[:12]
-    # A fixed directory, not $TMPDIR: every session on the machine must see the same file.
-    path = Path("/tmp") / f"rapidly-bench-{key}.lock"
-    with path.open("a+") as handle:
-        deadline = time.monotonic() + timeout
-        next_note = 0.0
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown pid"
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"another benchmark ({holder}) still uses this vhost and Redis DB after "
-                        f"{timeout:.0f}s ({path})"
-                    ) from None
-                if time.monotonic() >= next_note:
-                    on_wait(f"waiting for another benchmark ({holder}) on the same vhost/Redis DB")
-                    next_note = time.monotonic() + 30
-                time.sleep(1)
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with machine_lock(
+        Path("/tmp") / f"rapidly-bench-{key}.lock",
+        timeout=timeout,
+        what="this benchmark vhost and Redis DB",
+        on_wait=on_wait,
+    ):
+        yield
 
 
 def reset_broker(broker_url: str) -> None:
     """Declare (as the worker and a plain producer do) and purge every queue the run uses."""
-    with Connection(broker_url) as conn:
-        channel = conn.default_channel
-        for queue in (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, RECORDS):
-            bound = queue.bind(channel)
-            bound.declare()
-            bound.purge()
+    reset_queues(broker_url, (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, RECORDS))
 
 
 def queue_depth(broker_url: str, queue: Queue) -> int:

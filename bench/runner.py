@@ -36,22 +36,24 @@ from typing import Any
 import psutil
 
 from bench._infra import (
-    EVENTS_QUEUE,
-    ROOT,
-    TOKEN,
     OtherCpu,
     RecordCollector,
     Sender,
-    Simulator,
     TreeSampler,
-    VhostProblem,
     WorkerProcess,
-    ensure_vhost,
     exclusive,
     flush_redis,
-    procfile_command,
     queue_depth,
     reset_broker,
+)
+from devkit import (
+    EVENTS_QUEUE,
+    ROOT,
+    TOKEN,
+    SimulatorProcess,
+    VhostProblem,
+    ensure_vhost,
+    procfile_command,
 )
 
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/bench"
@@ -234,7 +236,7 @@ def throughput_run(
     round_no: int,
     *,
     args: argparse.Namespace,
-    sim: Simulator,
+    sim: SimulatorProcess,
     ids: list[str],
     dataset: Any,
     tmp: Path,
@@ -594,9 +596,9 @@ def fresh_start(args: argparse.Namespace, *, keep_bodies: bool) -> RecordCollect
 
 def bench_simulator(
     n: int, seed: int, latency_ms: float, *extra: str, module: str = "simulator"
-) -> Simulator:
+) -> SimulatorProcess:
     """The simulator serving the bench dataset of ``n`` events."""
-    return Simulator(
+    return SimulatorProcess(
         "--dataset",
         "bench",
         "--bench-size",
@@ -665,7 +667,7 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 class StatsPoller(threading.Thread):
-    def __init__(self, sim: Simulator, interval: float = 0.5) -> None:
+    def __init__(self, sim: SimulatorProcess, interval: float = 0.5) -> None:
         super().__init__(daemon=True, name="stats-poller")
         self.sim = sim
         self.interval = interval

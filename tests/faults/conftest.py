@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit import SimulatorProcess
 from tests.faults import faultkit
-from tests.integration.harness import SimulatorProcess, WorkerProcess
+from tests.integration.harness import WorkerProcess
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

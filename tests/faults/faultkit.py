@@ -9,7 +9,6 @@ the Procfile line under ``bash -c``, ``send_task`` by name, kombu reads, ``rabbi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,25 +26,25 @@ from typing import Any
 import psutil
 import redis
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Queue
 
-from tests.integration.harness import (
-    ALL_RECORDS,
+import devkit
+from devkit import (
     CUSTOMER_CREATED,
-    DEAD,
+    DEAD_QUEUE,
     EVENTS,
+    EVENTS_QUEUE,
     TOKEN,
     VENV_BIN,
-    WorkerProcess,
     free_port,
+    rabbitmqctl,
     reachable,
 )
+from tests.integration.harness import ALL_RECORDS, WorkerProcess
 
 VHOST = "faults"
 AMQP_URL = os.environ.get("TEST_FAULTS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:5672/{VHOST}")
 LOCK_PATH = Path(os.environ.get("FAULTS_LOCK", "/tmp/rapidly-fault-suite.lock"))
-DEAD_QUEUE = Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True)
-EVENTS_QUEUE = Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True)
 
 # One line per scenario run; conftest prints them in pytest's terminal summary.
 SUMMARIES: list[str] = []
@@ -58,16 +57,12 @@ def now_iso() -> str:
 # --- RabbitMQ: the vhost and the operator's commands -------------------------------------------
 
 
-def rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["rabbitmqctl", "--quiet", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
 def infrastructure_problem() -> str | None:
     """Why the suite cannot run here, or None."""
     if not reachable(AMQP_URL):
-        return "RabbitMQ is not reachable at 127.0.0.1:5672; start it with: rabbitmq-server -detached"
+        return (
+            "RabbitMQ is not reachable at 127.0.0.1:5672; start it with: rabbitmq-server -detached"
+        )
     if shutil.which("rabbitmqctl") is None:
         return "rabbitmqctl is not installed (needed to create the vhost and close connections)"
     if shutil.which("redis-server") is None:
@@ -76,16 +71,7 @@ def infrastructure_problem() -> str | None:
 
 
 def ensure_vhost() -> None:
-    listed = rabbitmqctl("list_vhosts", "name")
-    if listed.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl list_vhosts failed: {listed.stderr.strip()}")
-    if VHOST not in listed.stdout.split():
-        added = rabbitmqctl("add_vhost", VHOST)
-        if added.returncode != 0 and "already exists" not in added.stderr:
-            raise RuntimeError(f"rabbitmqctl add_vhost {VHOST} failed: {added.stderr.strip()}")
-    perms = rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    if perms.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl set_permissions failed: {perms.stderr.strip()}")
+    devkit.ensure_vhost(AMQP_URL)
 
 
 def close_connections() -> None:
@@ -114,8 +100,14 @@ def require_no_consumers(timeout: float = 15) -> None:
 def queue_depths() -> dict[str, tuple[int, int]]:
     """name -> (ready, unacknowledged) for every queue of the vhost."""
     out = rabbitmqctl(
-        "list_queues", "-p", VHOST, "name", "messages_ready", "messages_unacknowledged",
-        "--formatter", "json",
+        "list_queues",
+        "-p",
+        VHOST,
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "--formatter",
+        "json",
     )
     if out.returncode != 0:
         raise RuntimeError(f"list_queues failed: {out.stderr.strip()}")
@@ -125,38 +117,17 @@ def queue_depths() -> dict[str, tuple[int, int]]:
     }
 
 
-@contextlib.contextmanager
-def vhost_lock(timeout: float) -> Iterator[None]:
+def vhost_lock(timeout: float) -> contextlib.AbstractContextManager[None]:
     """Two fault runs on one machine would close each other's connections and read each other's
     records: serialise them (a `make test` waits for a running `make faults`, up to ``timeout``)."""
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK_PATH.open("a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"another fault-suite run holds {LOCK_PATH} (vhost {VHOST!r}) "
-                        f"for more than {timeout:.0f}s"
-                    ) from None
-                time.sleep(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return devkit.machine_lock(
+        LOCK_PATH, timeout=timeout, what=f"the fault suite's vhost {VHOST!r}"
+    )
 
 
 def reset_queues(url: str = AMQP_URL) -> None:
     """Declare (as producer and consumers would) and empty every queue the suite reads."""
-    with Connection(url) as conn:
-        channel = conn.default_channel
-        for queue in (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, ALL_RECORDS):
-            bound = queue.bind(channel)
-            bound.declare()
-            bound.purge()
+    devkit.reset_queues(url, (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, ALL_RECORDS))
 
 
 def drain_all(queue: Queue, url: str = AMQP_URL, idle: float = 1.0) -> list[Any]:
@@ -180,7 +151,12 @@ def drain_all(queue: Queue, url: str = AMQP_URL, idle: float = 1.0) -> list[Any]
 def broker_view() -> str:
     """What RabbitMQ says about the input queue and its consumers (for a stalled run)."""
     queues = rabbitmqctl(
-        "list_queues", "-p", VHOST, "name", "messages_ready", "messages_unacknowledged",
+        "list_queues",
+        "-p",
+        VHOST,
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
         "consumers",
     )
     consumers = rabbitmqctl(
@@ -211,7 +187,9 @@ def wait_quiescent(
         if streak >= stable_polls:
             return time.monotonic() - started
         time.sleep(interval)
-    raise TimeoutError(f"rapidly.events not quiescent after {timeout:.0f}s: (ready, unacked)={last}")
+    raise TimeoutError(
+        f"rapidly.events not quiescent after {timeout:.0f}s: (ready, unacked)={last}"
+    )
 
 
 # --- Redis of our own --------------------------------------------------------------------------
@@ -238,9 +216,21 @@ class OwnRedis:
     def start(self, timeout: float = 20) -> None:
         self.proc = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -307,7 +297,9 @@ def worker_health(worker: WorkerProcess) -> str:
     for what in ("live", "ready"):
         out = subprocess.run(
             [f"{VENV_BIN}/rapidly-worker", "health", what, "--dir", worker.env["HEALTH_DIR"]],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         answers.append(out.stdout.strip() or f"{what}: exit {out.returncode}")
     return "; ".join(answers)
@@ -429,7 +421,9 @@ class Tally:
     """Records and dead letters, counted by event ID."""
 
     records: Counter[str] = field(default_factory=Counter)
-    record_bodies: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    record_bodies: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     routing_keys: dict[str, str] = field(default_factory=dict)
     dead: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     # The Celery task id of each dead letter: equal ids mean one message dead-lettered twice
@@ -486,8 +480,14 @@ def record_diff(body: dict[str, Any], want: dict[str, Any], routing_key: str | N
         diffs.append(f"routing_key {routing_key!r} != {want['routing_key']!r}")
     if [a["id"] for a in have["ancestors"]] != need["ancestors"]:
         diffs.append("ancestors differ")
-    for key in ("root_id", "depth", "complete", "incomplete_reason", "child_count",
-                "descendant_count"):
+    for key in (
+        "root_id",
+        "depth",
+        "complete",
+        "incomplete_reason",
+        "child_count",
+        "descendant_count",
+    ):
         if have[key] != need[key]:
             diffs.append(f"{key} {have[key]!r} != {need[key]!r}")
     return "; ".join(diffs)
@@ -500,8 +500,20 @@ def log_story(worker: WorkerProcess, event_ids: Iterable[str], limit: int = 40) 
     for rec in worker.log_records():
         detail = str(rec.get("detail", ""))
         if rec.get("event_id") in wanted or any(i in detail for i in wanted):
-            keep = {k: rec[k] for k in ("timestamp", "event_id", "event", "outcome", "reason",
-                                        "detail", "level", "error") if k in rec}
+            keep = {
+                k: rec[k]
+                for k in (
+                    "timestamp",
+                    "event_id",
+                    "event",
+                    "outcome",
+                    "reason",
+                    "detail",
+                    "level",
+                    "error",
+                )
+                if k in rec
+            }
             lines.append(json.dumps(keep))
     if len(lines) > limit:
         lines = [*lines[: limit // 2], f"... {len(lines) - limit} more ...", *lines[-limit // 2 :]]

@@ -28,16 +28,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devkit import SimulatorProcess
 from tests.faults import faultkit
-from tests.integration.harness import SimulatorProcess, WorkerProcess
+from tests.integration.harness import WorkerProcess
 
 SIM_FAULTS = (
-    "--error-rate", "0.2",
-    "--garbage-rate", "0.02",
-    "--timeout-rate", "0.01",
-    "--timeout-seconds", "5",
-    "--lag-reads", "2",
-    "--rate-limit", "200/s",
+    "--error-rate",
+    "0.2",
+    "--garbage-rate",
+    "0.02",
+    "--timeout-rate",
+    "0.01",
+    "--timeout-seconds",
+    "5",
+    "--lag-reads",
+    "2",
+    "--rate-limit",
+    "200/s",
 )
 
 
@@ -59,12 +66,30 @@ class StormPlan:
 
 
 THROTTLED_RATE = "5/s"
-FAST = StormPlan("fast", 600, 25.0, kills=2, connection_closes=1, redis_restarts=1,
-                 auth_window_seconds=5.0, throttle_windows=1, throttle_seconds=4.0,
-                 quiet_timeout=90.0)
-FULL = StormPlan("full", 5000, 150.0, kills=6, connection_closes=3, redis_restarts=2,
-                 auth_window_seconds=10.0, throttle_windows=2, throttle_seconds=8.0,
-                 quiet_timeout=300.0)
+FAST = StormPlan(
+    "fast",
+    600,
+    25.0,
+    kills=2,
+    connection_closes=1,
+    redis_restarts=1,
+    auth_window_seconds=5.0,
+    throttle_windows=1,
+    throttle_seconds=4.0,
+    quiet_timeout=90.0,
+)
+FULL = StormPlan(
+    "full",
+    5000,
+    150.0,
+    kills=6,
+    connection_closes=3,
+    redis_restarts=2,
+    auth_window_seconds=10.0,
+    throttle_windows=2,
+    throttle_seconds=8.0,
+    quiet_timeout=300.0,
+)
 
 
 @dataclass
@@ -187,6 +212,7 @@ def run_storm(
     sender = faultkit.PacedSender(ids, plan.send_seconds)
     sender.start()
     note(f"sending {len(ids)} ids over {plan.send_seconds:.0f}s")
+
     def supervise() -> None:
         """A worker that exited without our SIGKILL is a finding: count it, then restart it as
         Kubernetes would, so that the rest of the run still measures losses and duplicates."""
@@ -253,8 +279,10 @@ def run_storm(
                 throttle_start, limited_before = elapsed, _served(sim, "429")
                 heapq.heappush(pending, (elapsed + plan.throttle_seconds, "unthrottle"))
                 result.throttle_windows += 1
-                note(f"simulator budget {THROTTLED_RATE} (429s, Retry-After as "
-                     f"{'an HTTP date' if http_date else 'seconds'})")
+                note(
+                    f"simulator budget {THROTTLED_RATE} (429s, Retry-After as "
+                    f"{'an HTTP date' if http_date else 'seconds'})"
+                )
             elif action == "unthrottle":
                 if _served(sim, "429") == limited_before and (
                     elapsed - throttle_start < 3 * plan.throttle_seconds
@@ -294,12 +322,16 @@ def run_storm(
         got = tally.dead.get(event_id, [])
         if got != [reason]:
             result.dead_mismatch[event_id] = {
-                "want": reason, "got": got, "task_ids": tally.dead_task_ids.get(event_id, [])
+                "want": reason,
+                "got": got,
+                "task_ids": tally.dead_task_ids.get(event_id, []),
             }
     for event_id, got in tally.dead.items():
         if event_id not in bad:
             result.dead_mismatch[event_id] = {
-                "want": None, "got": got, "task_ids": tally.dead_task_ids[event_id]
+                "want": None,
+                "got": got,
+                "task_ids": tally.dead_task_ids[event_id],
             }
     result.worker = worker
     result.tally = tally

@@ -34,7 +34,8 @@ def _pick(data: dict[str, Any]) -> dict[str, str]:
         "two_cycle_member": next(e["id"] for e in events if "cycle_2" in e["tags"]),
         "self_parent": next(e["id"] for e in events if "self_parent" in e["tags"]),
         "cross_workspace_parent": next(
-            e["id"] for e in events
+            e["id"]
+            for e in events
             if "cross_workspace_parent" in e["tags"] and e["parent_id"] in other
         ),
     }
@@ -79,7 +80,8 @@ def test_hostile_hierarchies(
     picks = _pick(listing)
     rng = random.Random(fault_seed)
     chain_ids = [
-        e["id"] for e in listing["events"]
+        e["id"]
+        for e in listing["events"]
         if "chain_10000" in e["tags"] and e["id"] not in picks.values()
     ]
     extra = rng.sample(chain_ids, extra_chain_events)
@@ -92,8 +94,11 @@ def test_hostile_hierarchies(
         )
 
     env = faultkit.fault_worker_env(
-        sim.url, own_redis.url, tmp_path,
-        ENRICH_MAX_DEPTH=str(MAX_DEPTH), NOT_FOUND_WAIT_SECONDS="2",
+        sim.url,
+        own_redis.url,
+        tmp_path,
+        ENRICH_MAX_DEPTH=str(MAX_DEPTH),
+        NOT_FOUND_WAIT_SECONDS="2",
     )
     worker = spawn_worker(env)
     started = time.monotonic()

@@ -33,7 +33,8 @@ def test_same_id_concurrently_and_across_kills(
     sim = make_sim("--latency-ms", "150")
     events = sim.dataset()["events"]
     deep = [
-        e for e in events
+        e
+        for e in events
         if e["expected"]["hierarchy"]["complete"] and 2 <= e["expected"]["hierarchy"]["depth"] <= 5
     ]
     chosen = rng.sample(deep, 5)

@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from devkit import SimulatorProcess, reachable
 from tests.integration.harness import (
     AMQP_URL,
     REDIS_BROKER_URL,
     REDIS_STORE_URL,
-    SimulatorProcess,
     WorkerProcess,
     purge,
-    reachable,
     worker_env,
 )
 

@@ -1,5 +1,6 @@
-"""Real processes for integration tests: the simulator, the worker from the Procfile line, and
-broker-side helpers that send like a plain producer and read like a plain consumer."""
+"""Real processes for integration tests: the worker from the Procfile line, and broker-side
+helpers that send like a plain producer and read like a plain consumer. The simulator process,
+the contract's queue names and the Procfile reader are ``devkit``'s."""
 
 from __future__ import annotations
 
@@ -7,103 +8,35 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Queue
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = str(Path(sys.executable).parent)
-TOKEN = "sim_oat_valid_token_0123456789"
+from devkit import (
+    CUSTOMER_CREATED,
+    DEAD_QUEUE,
+    ENRICHED,
+    EVENTS,
+    EVENTS_QUEUE,
+    ROOT,
+    TOKEN,
+    VENV_BIN,
+    free_port,
+    procfile_command,
+    reset_queues,
+)
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_BROKER_URL = os.environ.get("TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/14")
 REDIS_STORE_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
-EVENTS = "rapidly.events"
-DEAD = "rapidly.events.dead"
-ENRICHED = Exchange("rapidly.enriched", type="topic", durable=True)
-CUSTOMER_CREATED = Queue(
-    "rapidly.customer_created", ENRICHED, routing_key="system.customer.created", durable=True
-)
 # A test-only queue that sees every record (the contract only promises the exchange).
 ALL_RECORDS = Queue("test.all_records", ENRICHED, routing_key="#", durable=True)
-
-
-def reachable(url: str) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (5672 if parsed.scheme.startswith("amqp") else 6379)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def procfile_command(kind: str = "worker") -> str:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{kind}:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError(f"Procfile has no {kind}: line")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class SimulatorProcess:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulator", "--port", "0", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("simulator did not start")
-        self.url = json.loads(line)["url"]
-
-    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method="POST" if body is not None else "GET",
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
-
-    def stats(self) -> dict[str, Any]:
-        return self.admin("/_sim/stats")
-
-    def configure(self, **knobs: Any) -> Any:
-        return self.admin("/_sim/config", knobs)
-
-    def dataset(self) -> dict[str, Any]:
-        return self.admin("/_sim/dataset")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @dataclass
@@ -194,17 +127,7 @@ def send(app: Celery, event_id: Any) -> None:
 
 
 def purge(broker_url: str) -> None:
-    with Connection(broker_url) as conn:
-        channel = conn.default_channel
-        for queue in (
-            Queue(EVENTS, Exchange(EVENTS, "direct", durable=True), EVENTS, durable=True),
-            Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True),
-            CUSTOMER_CREATED,
-            ALL_RECORDS,
-        ):
-            bound = queue.bind(channel)
-            bound.declare()
-            bound.purge()
+    reset_queues(broker_url, (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, ALL_RECORDS))
 
 
 def drain(

@@ -10,16 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import (
-    ALL_RECORDS,
-    VENV_BIN,
-    SimulatorProcess,
-    drain,
-    free_port,
-    producer,
-    purge,
-    send,
-)
+from devkit import VENV_BIN, SimulatorProcess, free_port
+from tests.integration.harness import ALL_RECORDS, drain, producer, purge, send
 
 
 def health(worker: Any, what: str) -> int:
@@ -46,9 +38,21 @@ class OwnRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
 
@@ -58,8 +62,12 @@ class OwnRedis:
             self.proc.wait(10)
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server binary not installed")
-def test_readiness_follows_the_broker(sim: SimulatorProcess, tmp_path: Path, start_worker: Any) -> None:
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server binary not installed"
+)
+def test_readiness_follows_the_broker(
+    sim: SimulatorProcess, tmp_path: Path, start_worker: Any
+) -> None:
     own = OwnRedis(tmp_path)
     own.start()
     url = f"redis://127.0.0.1:{own.port}/0"

@@ -11,16 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import (
-    ALL_RECORDS,
-    TOKEN,
-    VENV_BIN,
-    SimulatorProcess,
-    WorkerProcess,
-    drain,
-    producer,
-    send,
-)
+from devkit import TOKEN, VENV_BIN, SimulatorProcess
+from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, producer, send
 
 
 def wait_for_lines(worker: WorkerProcess, event: str, count: int, timeout: float = 60) -> None:

@@ -1,0 +1,49 @@
+"""Development tooling shared by the benchmark (``bench/``) and the test suites (``tests/``): the
+contract's names as a producer and a consumer see them, the API simulator as a child process, the
+Procfile line, RabbitMQ vhosts and queues, and a machine-wide lock. Not part of the worker and not
+shipped in its package: nothing here is imported by ``worker/`` or ``tasks/``.
+"""
+
+from devkit._broker import (
+    CUSTOMER_CREATED,
+    DEAD,
+    DEAD_QUEUE,
+    ENRICHED,
+    EVENTS,
+    EVENTS_QUEUE,
+    VhostProblem,
+    ensure_vhost,
+    rabbitmqctl,
+    reachable,
+    reset_queues,
+)
+from devkit._lock import machine_lock
+from devkit._processes import (
+    ROOT,
+    TOKEN,
+    VENV_BIN,
+    SimulatorProcess,
+    free_port,
+    procfile_command,
+)
+
+__all__ = [
+    "CUSTOMER_CREATED",
+    "DEAD",
+    "DEAD_QUEUE",
+    "ENRICHED",
+    "EVENTS",
+    "EVENTS_QUEUE",
+    "ROOT",
+    "TOKEN",
+    "VENV_BIN",
+    "SimulatorProcess",
+    "VhostProblem",
+    "ensure_vhost",
+    "free_port",
+    "machine_lock",
+    "procfile_command",
+    "rabbitmqctl",
+    "reachable",
+    "reset_queues",
+]

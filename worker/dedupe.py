@@ -172,6 +172,10 @@ class RedisDedupeStore:
         self._prefix = f"rapidly:{namespace}:done:"
         self._ttl = ttl
         self._lease = lease
+        # EVALSHA with the script's digest (loaded again by redis-py after a Redis restart)
+        # instead of sending the script's text with every confirm.
+        self._confirm_own = redis.register_script(_CONFIRM_OWN)
+        self._release_own = redis.register_script(_RELEASE_OWN)
 
     def is_done(self, key: str) -> bool:
         return _published(self._redis.get(self._prefix + key))
@@ -190,8 +194,8 @@ class RedisDedupeStore:
 
     def confirm(self, lease: Lease) -> bool:
         return bool(
-            self._redis.eval(
-                _CONFIRM_OWN, 1, self._prefix + lease.key, lease.lease_value, self._lease * 1000
+            self._confirm_own(
+                keys=[self._prefix + lease.key], args=[lease.lease_value, self._lease * 1000]
             )
         )
 
@@ -232,8 +236,8 @@ class RedisDedupeStore:
 
     def release(self, lease: Lease) -> None:
         # Only this claim's lease or sent mark, never a done mark or another claim's lease.
-        self._redis.eval(
-            _RELEASE_OWN, 1, self._prefix + lease.key, lease.lease_value, lease.sent_value
+        self._release_own(
+            keys=[self._prefix + lease.key], args=[lease.lease_value, lease.sent_value]
         )
 
 

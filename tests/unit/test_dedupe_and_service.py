@@ -105,6 +105,21 @@ def test_confirm_retakes_a_lapsed_unclaimed_lease() -> None:
     assert store.claim(key) is Claim.BUSY
 
 
+def test_scripts_survive_a_flushed_script_cache() -> None:
+    """A Redis restart empties the script cache: confirm and release still work (EVALSHA falls
+    back to loading the script again)."""
+    client = redis_client()
+    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30)
+    key = new_id()
+    lease = store.claim(key)
+    assert isinstance(lease, Lease)
+    client.script_flush()
+    assert store.confirm(lease)
+    client.script_flush()
+    store.release(lease)
+    assert isinstance(store.claim(key), Lease)  # released: claimable again
+
+
 class FakePublisher:
     def __init__(self, dedupe: Any, *, fail: str | None = None) -> None:
         self.dedupe = dedupe

@@ -135,31 +135,39 @@ def total_seconds(times: Any) -> float:
 def product_worker(
     name: str,
     tmp: Path,
+    args: argparse.Namespace,
     *,
     api_url: str,
-    broker: str,
-    redis_url: str,
-    rate_limit: str,
-    concurrency: int,
-    processes: int,
+    rate_limit: str = UNLIMITED,
 ) -> WorkerProcess:
     """The Procfile's ``worker:`` line; ``processes`` > 1 makes it a supervisor of that many
     worker processes (``WORKER_PROCESSES``), each with ``concurrency`` greenlets."""
     env = {
         "RAPIDLY_API_URL": api_url,
         "RAPIDLY_API_TOKEN": TOKEN,
-        "BROKER_URL": broker,
-        "REDIS_URL": redis_url,
+        "BROKER_URL": args.broker_url,
+        "REDIS_URL": args.redis_url,
         "RAPIDLY_RATE_LIMIT": rate_limit,
-        "WORKER_CONCURRENCY": str(concurrency),
-        "WORKER_PROCESSES": str(processes),
+        "WORKER_CONCURRENCY": str(args.concurrency),
+        "WORKER_PROCESSES": str(args.processes),
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "METRICS_PORT": "0",
         "HEALTH_DIR": str(tmp / f"health-{name}"),
         **EXTRA_ENV,
     }
-    return WorkerProcess(name, procfile_command(), env, tmp / f"{name}.log", ready_lines=processes)
+    return WorkerProcess(
+        name, procfile_command(), env, tmp / f"{name}.log", ready_lines=args.processes
+    )
+
+
+def start_sampled(workers: list[WorkerProcess]) -> TreeSampler:
+    """Start ``workers`` and a sampler of their process trees (RSS, CPU)."""
+    for worker in workers:
+        worker.start()
+    sampler = TreeSampler([w.proc.pid for w in workers if w.proc is not None])
+    sampler.start()
+    return sampler
 
 
 def naive_worker(name: str, tmp: Path, *, api_url: str, broker: str) -> WorkerProcess:
@@ -245,16 +253,7 @@ def throughput_run(
     name = f"{kind}-{round_no}"
     collector = fresh_start(args, keep_bodies=True)
     if kind == "product":
-        worker = product_worker(
-            name,
-            tmp,
-            api_url=sim.url,
-            broker=args.broker_url,
-            redis_url=args.redis_url,
-            rate_limit=UNLIMITED,
-            concurrency=args.concurrency,
-            processes=args.processes,
-        )
+        worker = product_worker(name, tmp, args, api_url=sim.url)
         processes = args.processes
         concurrency = args.processes * args.concurrency
     else:
@@ -264,10 +263,7 @@ def throughput_run(
     others = OtherCpu(args.redis_url)
     started = time.monotonic()
     source = source_fingerprint()
-    worker.start()
-    assert worker.proc is not None
-    sampler = TreeSampler([worker.proc.pid])
-    sampler.start()
+    sampler = start_sampled([worker])
     try:
         worker.wait_ready()
         startup_s = time.monotonic() - started
@@ -715,16 +711,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sim = bench_simulator(n, args.seed, 20, "--rate-limit", "30/s")
     collector = fresh_start(args, keep_bodies=False)
     workers = [
-        product_worker(
-            f"fleet-{i}",
-            tmp,
-            api_url=sim.url,
-            broker=args.broker_url,
-            redis_url=args.redis_url,
-            rate_limit="30/s",
-            concurrency=args.concurrency,
-            processes=args.processes,
-        )
+        product_worker(f"fleet-{i}", tmp, args, api_url=sim.url, rate_limit="30/s")
         for i in range(1, fleet + 1)
     ]
     poller = StatsPoller(sim)
@@ -732,10 +719,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     started = time.monotonic()
     try:
         source = source_fingerprint()
-        for w in workers:
-            w.start()
-        sampler = TreeSampler([w.proc.pid for w in workers if w.proc is not None])
-        sampler.start()
+        sampler = start_sampled(workers)
         for w in workers:
             w.wait_ready()
         log(f"  {fleet} workers ready after {time.monotonic() - started:.1f} s")
@@ -882,22 +866,10 @@ def mode_memory(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sim = bench_simulator(total, args.seed, 0, module="bench.fastsim")
     log(f"  simulator ready at {time.monotonic() - began:.1f} s")
     collector = fresh_start(args, keep_bodies=False)
-    worker = product_worker(
-        "memory",
-        tmp,
-        api_url=sim.url,
-        broker=args.broker_url,
-        redis_url=args.redis_url,
-        rate_limit=UNLIMITED,
-        concurrency=args.concurrency,
-        processes=args.processes,
-    )
+    worker = product_worker("memory", tmp, args, api_url=sim.url)
     source = source_fingerprint()
     log(f"  worker source at start: {source}")
-    worker.start()
-    assert worker.proc is not None
-    sampler = TreeSampler([worker.proc.pid])
-    sampler.start()
+    sampler = start_sampled([worker])
     checkpoints: list[dict[str, Any]] = []
     step = max(1, total // 20)
     next_mark = [step]

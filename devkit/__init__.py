@@ -26,6 +26,7 @@ from devkit._processes import (
     free_port,
     procfile_command,
 )
+from devkit._redis import RedisServer
 
 __all__ = [
     "CUSTOMER_CREATED",
@@ -37,6 +38,7 @@ __all__ = [
     "ROOT",
     "TOKEN",
     "VENV_BIN",
+    "RedisServer",
     "SimulatorProcess",
     "VhostProblem",
     "ensure_vhost",

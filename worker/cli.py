@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # no import at run time: see above
+    from worker.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     return _check_config()
 
 
-def _load(require_token: bool = True):  # type: ignore[no-untyped-def]
+def _load(require_token: bool = True) -> Settings:
     from worker.settings import SettingsError, load_settings  # noqa: PLC0415
 
     try:
@@ -35,6 +39,16 @@ def _load(require_token: bool = True):  # type: ignore[no-untyped-def]
     except SettingsError as exc:
         print(f"rapidly-worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _load_and_log() -> Settings:
+    """The settings, then logging configured from them, with the token registered as a secret."""
+    settings = _load()
+    from worker.logging import configure_logging, register_secret  # noqa: PLC0415
+
+    register_secret(settings.rapidly_api_token.get_secret_value())
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
 
 
 def _run() -> int:
@@ -47,11 +61,7 @@ def _run() -> int:
     from worker._gevent import patch  # noqa: PLC0415
 
     patch()
-    settings = _load()
-    from worker.logging import configure_logging, register_secret  # noqa: PLC0415
-
-    register_secret(settings.rapidly_api_token.get_secret_value())
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    settings = _load_and_log()
     from worker.app import configure  # noqa: PLC0415
 
     celery_app = configure(settings)
@@ -72,11 +82,7 @@ def _run() -> int:
 
 def _supervise() -> int:
     """Several worker processes under one supervisor (no gevent here: it only runs children)."""
-    settings = _load()
-    from worker.logging import configure_logging, register_secret  # noqa: PLC0415
-
-    register_secret(settings.rapidly_api_token.get_secret_value())
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    settings = _load_and_log()
     from worker.supervisor import run  # noqa: PLC0415
 
     return run(settings)

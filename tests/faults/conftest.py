@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit import SimulatorProcess
+from devkit import RedisServer, SimulatorProcess
 from tests.faults import faultkit
 from tests.integration.harness import WorkerProcess
 
@@ -110,8 +110,8 @@ def spawn_worker(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[faultkit.OwnRedis]:
-    server = faultkit.OwnRedis(tmp_path / "redis")
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
     server.start()
     yield server
     server.stop()

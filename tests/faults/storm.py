@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devkit import SimulatorProcess
+from devkit import RedisServer, SimulatorProcess
 from tests.faults import faultkit
 from tests.integration.harness import WorkerProcess
 
@@ -189,7 +189,7 @@ def run_storm(
     *,
     tmp: Path,
     sim: SimulatorProcess,
-    own_redis: faultkit.OwnRedis,
+    own_redis: RedisServer,
     spawn_worker: Callable[[dict[str, str]], WorkerProcess],
 ) -> StormResult:
     rng = random.Random(seed)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from devkit import RedisServer
 from tests.faults import faultkit
 from tests.faults.storm import FAST, FULL, SIM_FAULTS, StormPlan, explain, run_storm
 
@@ -22,7 +23,7 @@ from tests.faults.storm import FAST, FULL, SIM_FAULTS, StormPlan, explain, run_s
 def test_fault_storm(
     plan: StormPlan,
     amqp: str,
-    own_redis: faultkit.OwnRedis,
+    own_redis: RedisServer,
     make_sim: Any,
     spawn_worker: Any,
     fault_seed: int,

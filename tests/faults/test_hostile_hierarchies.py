@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devkit import RedisServer
 from tests.faults import faultkit
 from tests.faults.faultkit import AMQP_URL, RssSampler, Tally, record_diff
 from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, send
@@ -69,7 +70,7 @@ def _calls_logged(worker: WorkerProcess, event_id: str) -> list[int]:
 def test_hostile_hierarchies(
     extra_chain_events: int,
     amqp: str,
-    own_redis: faultkit.OwnRedis,
+    own_redis: RedisServer,
     make_sim: Any,
     spawn_worker: Any,
     tmp_path: Path,

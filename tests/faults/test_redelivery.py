@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devkit import RedisServer
 from tests.faults import faultkit
 from tests.faults.faultkit import Tally, record_diff, send_concurrently
 
@@ -22,7 +23,7 @@ COPIES = 20
 @pytest.mark.faults
 def test_same_id_concurrently_and_across_kills(
     amqp: str,
-    own_redis: faultkit.OwnRedis,
+    own_redis: RedisServer,
     make_sim: Any,
     spawn_worker: Any,
     tmp_path: Path,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from devkit import VENV_BIN, SimulatorProcess, free_port
+from devkit import VENV_BIN, RedisServer, SimulatorProcess
 from tests.integration.harness import ALL_RECORDS, drain, producer, purge, send
 
 
@@ -30,47 +30,15 @@ def wait_for(predicate: Any, timeout: float) -> bool:
     return False
 
 
-class OwnRedis:
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server binary not installed"
 )
 def test_readiness_follows_the_broker(
     sim: SimulatorProcess, tmp_path: Path, start_worker: Any
 ) -> None:
-    own = OwnRedis(tmp_path)
+    own = RedisServer(tmp_path / "redis")
     own.start()
-    url = f"redis://127.0.0.1:{own.port}/0"
+    url = own.url
     try:
         purge(url)
         worker = start_worker(url, redis_url=None)

@@ -431,7 +431,8 @@ class Backfill:
                 if self._backlog_conn is None:
                     self._backlog_conn = Connection(self._broker_url, connect_timeout=10)
                 bound = EVENTS_QUEUE.bind(self._backlog_conn.default_channel)
-                declared: Any = bound.queue_declare(passive=True)
+                # Not passive: on Redis an empty queue does not exist, a passive declare fails.
+                declared: Any = bound.queue_declare()
                 waiting = int(declared.message_count)
             except Exception as exc:  # noqa: BLE001 - the publish will surface a broker outage
                 log.warning("backfill.backlog_unknown", error=type(exc).__name__)

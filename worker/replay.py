@@ -89,8 +89,10 @@ def replay(
         channel: Any = conn.channel()
         try:
             dead = DEAD_LETTER_QUEUE.bind(channel)
-            dead.declare()
-            declared: Any = dead.queue_declare(passive=True)
+            dead.exchange.declare()
+            # Not passive: on Redis an empty queue does not exist and a passive declare fails.
+            declared: Any = dead.queue_declare()
+            dead.queue_bind()
             waiting = int(declared.message_count)
             for _ in range(waiting):
                 if limit is not None and sum(result.moved.values()) >= limit:

@@ -1,6 +1,12 @@
 """Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
 
-from worker.publishing._publisher import DeadLetterPublisher, PublishError, RecordPublisher
+from worker.publishing._publisher import (
+    DeadLetterPublisher,
+    PublishError,
+    RecordPublisher,
+    TaskMessage,
+    TaskPublisher,
+)
 from worker.publishing._topology import (
     CUSTOMER_CREATED_QUEUE,
     CUSTOMER_CREATED_QUEUE_NAME,
@@ -26,4 +32,6 @@ __all__ = [
     "DeadLetterPublisher",
     "PublishError",
     "RecordPublisher",
+    "TaskMessage",
+    "TaskPublisher",
 ]

@@ -11,14 +11,21 @@ States of an event ID, per namespace (token):
 ``sent`` and ``done`` both mean "published": a redelivered or re-sent message whose ID is in
 either state is acknowledged without a second record. ``sent`` is written the moment the record's
 bytes were handed to the broker, before the wait for its confirm, so a worker killed while
-waiting leaves the ID marked and the redelivery publishes nothing. What is left:
+waiting leaves the ID marked and the redelivery publishes nothing. Records are at least once
+(CONTRACT.md section 3): only the broker's confirm (basic.ack) makes a record published. A live
+owner whose publish was nacked, whose channel the broker closed (AccessRefused, NotFound,
+PreconditionFailed), whose connection dropped or whose confirm never came releases the ``sent``
+mark and requeues the input, and the redelivery publishes again. Duplicates that remain, each
+carrying ``message_id`` = event ID for consumers to drop:
 
+- the broker routed a record whose confirm was lost (connection dropped while waiting);
 - a kill between the write to the broker and the ``sent`` write to Redis (two consecutive
-  syscalls, microseconds): the redelivery publishes a second record;
-- a record whose bytes were written and marked but whose confirm never came (the connection
-  dropped while waiting): it counts as published (at most once, as CONTRACT.md promises); should
-  the broker not have routed it after all, that record is lost; ``publish.unconfirmed`` is logged.
-  A refused (nacked) or unwritten record is requeued instead.
+  syscalls, microseconds): the redelivery publishes a second record.
+
+And the one case where a kill can cost a record: a worker killed after its bytes reached its own
+socket but before the broker read them keeps the ``sent`` mark, so the redelivery publishes
+nothing (a kill mid-write is rare; the alternative, republishing after every kill, duplicates every
+record in flight).
 
 Before publishing, the claim's lease is confirmed (refreshed) in the store: a lease that lapsed
 during a long enrichment and was taken by another claim, or a store that is unreachable, stops the

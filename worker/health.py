@@ -24,13 +24,23 @@ class HealthState:
     def __init__(self, directory: str):
         self._dir = Path(directory)
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"broker": False, "api": None, "reason": "starting"}
+        self._state: dict[str, Any] = {
+            "broker": False,
+            "api": None,
+            "reason": "starting",
+            "downstream": None,
+            "downstream_reason": "",
+        }
         self._dir.mkdir(parents=True, exist_ok=True)
         self._write()
 
     @property
     def ready(self) -> bool:
-        return bool(self._state["broker"]) and self._state["api"] is not False
+        return (
+            bool(self._state["broker"])
+            and self._state["api"] is not False
+            and self._state["downstream"] is not False
+        )
 
     def beat(self, *, broker_connected: bool) -> None:
         self.update(broker=broker_connected)
@@ -49,6 +59,14 @@ class HealthState:
     def api_accepted(self) -> None:
         if self._state["api"] is not True:
             self.update(api=True, reason="")
+
+    def downstream_failed(self, reason: str) -> None:
+        """The downstream broker refused or did not confirm a record: not ready until one is."""
+        self.update(downstream=False, downstream_reason=reason[:300])
+
+    def downstream_confirmed(self) -> None:
+        if self._state["downstream"] is not True:
+            self.update(downstream=True, downstream_reason="")
 
     def _write(self) -> None:
         payload = {**self._state, "ready": self.ready, "updated": time.time(), "pid": os.getpid()}
@@ -105,4 +123,6 @@ def _check_one(directory: str, what: str, stale_after: float) -> tuple[bool, str
         return False, "broker unreachable"
     if state.get("api") is False:
         return False, f"API rejects the token: {state.get('reason', '')}"
+    if state.get("downstream") is False:
+        return False, f"downstream broker does not confirm records: {state.get('downstream_reason')}"
     return True, "ready"

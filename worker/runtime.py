@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from worker.enrichment import EnrichedRecord
 from worker.errors import ConfigurationError, WorkerError
 from worker.health import HealthState
 from worker.logging import register_secret
-from worker.publishing import DeadLetterPublisher, RecordPublisher
+from worker.publishing import DeadLetterPublisher, PublishError, RecordPublisher
 from worker.rapidly import (
     EventStore,
     LocalRateLimiter,
@@ -134,10 +135,12 @@ class Runtime:
             redis_namespace=namespace,
             redis_ttl=settings.cache_ttl_seconds,
         )
+        health = HealthState(settings.health_dir)
         publisher = RecordPublisher(
             settings.downstream_url,
             timeout=settings.publish_timeout_seconds,
             pool_size=max(4, min(64, settings.worker_concurrency // 4)),
+            observer=_downstream_observer(health),
         )
         dead_letters = DeadLetterPublisher(
             settings.broker_url, timeout=settings.publish_timeout_seconds
@@ -158,7 +161,7 @@ class Runtime:
             dead_letters,
             dedupe,
             service,
-            HealthState(settings.health_dir),
+            health,
             redis,
             dead_dedupe,
         )
@@ -216,6 +219,19 @@ class Runtime:
                 log.warning("worker.close_failed", error=type(exc).__name__)
         if self.redis is not None:
             self.redis.close()
+
+
+def _downstream_observer(health: HealthState) -> Callable[[PublishError | None], None]:
+    def observe(error: PublishError | None) -> None:
+        if error is None:
+            health.downstream_confirmed()
+        else:
+            if health.ready:
+                log.error("worker.downstream_not_confirming", error=str(error)[:300])
+            health.downstream_failed(str(error))
+        metrics.READY.set(1 if health.ready else 0)
+
+    return observe
 
 
 def _count_published(record: EnrichedRecord) -> None:

@@ -27,6 +27,7 @@ from worker.errors import (
     ConfigurationError,
     InvalidMessage,
     PermanentError,
+    RedeliveriesExhausted,
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
@@ -161,6 +162,7 @@ class EnrichTask(Task[Any, Any]):
         started = time.monotonic()
         api_calls.set(0)
         summary: dict[str, Any] = {}
+        counted: str | None = None
         try:
             event_id = _event_id_from(args, kwargs)
             structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
@@ -168,6 +170,7 @@ class EnrichTask(Task[Any, Any]):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
+            counted = self._count_redelivery(rt, event_id)
             outcome = self.run(event_id)
             if auth_gate.accept():
                 log.info("worker.api_accepts_token")
@@ -208,6 +211,8 @@ class EnrichTask(Task[Any, Any]):
         finally:
             duration = time.monotonic() - started
             outcome_name = summary.get("outcome", "unknown")
+            if counted is not None:
+                _settle_redelivery(rt, counted, requeued=outcome_name == "requeued")
             metrics.EVENTS.labels(outcome_name).inc()
             metrics.ENRICH_SECONDS.observe(duration)
             level = "warning" if outcome_name in ("dead_lettered", "requeued") else "info"
@@ -217,6 +222,39 @@ class EnrichTask(Task[Any, Any]):
                 duration_ms=round(duration * 1000, 1),
                 **summary,
             )
+
+    def _count_redelivery(self, rt: runtime.Runtime, event_id: object) -> str | None:
+        """Bounds the loop a poison message would make (it crashes or kills the worker each
+        time): the key it was counted under, or None when it was not counted."""
+        counter = rt.redeliveries
+        delivery_info = getattr(self.request, "delivery_info", None) or {}
+        if counter is None or not delivery_info.get("redelivered"):
+            return None
+        if not isinstance(event_id, str) or len(event_id) > 64:
+            return None  # dead-lettered invalid_event_id anyway
+        key = event_id.lower()
+        try:
+            deliveries = counter.count(key)
+        except Exception as exc:  # noqa: BLE001 - uncounted this time, never lost
+            log.warning("redelivery.count_failed", error=type(exc).__name__)
+            return None
+        if deliveries > rt.settings.event_max_redeliveries:
+            raise RedeliveriesExhausted(key, deliveries=deliveries)
+        return key
+
+
+def _settle_redelivery(rt: runtime.Runtime, key: str, *, requeued: bool) -> None:
+    """A requeue for the deployment's reasons gives its count back; an outcome clears it."""
+    counter = rt.redeliveries
+    if counter is None:
+        return
+    try:
+        if requeued:
+            counter.uncount(key)
+        else:
+            counter.forget(key)
+    except Exception as exc:  # noqa: BLE001 - the key expires with the dedupe TTL
+        log.warning("redelivery.settle_failed", error=type(exc).__name__)
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

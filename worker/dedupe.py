@@ -250,3 +250,48 @@ class RedisDedupeStore:
 
 def _published(value: bytes | None) -> bool:
     return value is not None and (value == DONE or value.startswith(SENT_PREFIX))
+
+
+class RedeliveryCounter:
+    """How many times an event's message came back without an outcome (a crash, a kill, the
+    worker lost, an OOM while enriching it). Celery's ``Reject(requeue=True)`` returns the message
+    unchanged, so the count cannot ride in a header: it lives beside the dedupe marks, per event
+    ID. Requeues for the deployment's reasons (broker down, token rejected, downstream refusing)
+    take their count back (``uncount``); a published or dead-lettered event ``forget``s it. Only
+    redeliveries are counted: a first delivery costs no Redis call."""
+
+    def __init__(self, redis: Any = None, namespace: str = "", *, ttl: int = 7 * 86_400):
+        self._redis = redis
+        self._prefix = f"rapidly:{namespace}:redeliveries:"
+        self._ttl = ttl
+        self._local: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, key: str) -> int:
+        if self._redis is not None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.incr(self._prefix + key)
+            pipe.expire(self._prefix + key, self._ttl)
+            return int(pipe.execute()[0])
+        with self._lock:
+            value = self._local.get(key, 0) + 1
+            self._local[key] = value
+            self._local.move_to_end(key)
+            while len(self._local) > 100_000:
+                self._local.popitem(last=False)
+            return value
+
+    def uncount(self, key: str) -> None:
+        if self._redis is not None:
+            self._redis.decr(self._prefix + key)
+            return
+        with self._lock:
+            if key in self._local:
+                self._local[key] = max(0, self._local[key] - 1)
+
+    def forget(self, key: str) -> None:
+        if self._redis is not None:
+            self._redis.delete(self._prefix + key)
+            return
+        with self._lock:
+            self._local.pop(key, None)

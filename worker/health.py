@@ -124,5 +124,6 @@ def _check_one(directory: str, what: str, stale_after: float) -> tuple[bool, str
     if state.get("api") is False:
         return False, f"API rejects the token: {state.get('reason', '')}"
     if state.get("downstream") is False:
-        return False, f"downstream broker does not confirm records: {state.get('downstream_reason')}"
+        reason = state.get("downstream_reason", "")
+        return False, f"downstream broker does not confirm records: {reason}"
     return True, "ready"

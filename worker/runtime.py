@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from worker import metrics
-from worker.dedupe import DedupeStore, LocalDedupeStore, RedisDedupeStore
+from worker.dedupe import DedupeStore, LocalDedupeStore, RedeliveryCounter, RedisDedupeStore
 from worker.enrichment import EnrichedRecord
 from worker.errors import ConfigurationError, WorkerError
 from worker.health import HealthState
@@ -73,6 +73,7 @@ class Runtime:
     health: HealthState
     redis: Any = None
     dead_dedupe: DedupeStore | None = None
+    redeliveries: RedeliveryCounter | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -116,6 +117,7 @@ class Runtime:
             timeout=settings.api_timeout_seconds,
             max_connections=settings.http_connections,
             observer=metrics.observe_api,
+            max_body_bytes=settings.api_max_body_bytes,
         )
         policy = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
@@ -164,6 +166,7 @@ class Runtime:
             health,
             redis,
             dead_dedupe,
+            RedeliveryCounter(redis, namespace, ttl=settings.dedupe_ttl_seconds),
         )
 
     def start(self, *, attempts: int = 30) -> None:

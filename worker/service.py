@@ -194,9 +194,7 @@ class EnrichmentService:
                 return
             except Exception as exc:  # noqa: BLE001 - retried, then reported
                 if waited >= COMPLETE_WAIT_SECONDS:
-                    log.error(
-                        "dedupe.release_failed", event_id=lease.key, error=type(exc).__name__
-                    )
+                    log.error("dedupe.release_failed", event_id=lease.key, error=type(exc).__name__)
                     return
                 delay = min(1.0, 0.1 * attempt)
                 self._sleep(delay)

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     api_max_connections: int | None = Field(default=None, ge=1, le=2000)
+    # A response body past this is an invalid response (retried), never read whole.
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
     not_found_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
     retry_budget_seconds: float = Field(default=45.0, ge=0, le=3600)
     retry_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -101,6 +103,9 @@ class Settings(BaseSettings):
     dedupe_lease_seconds: int = Field(default=120, ge=5, le=3600)
     broker_visibility_timeout: int = Field(default=900, ge=60)
     publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Deliveries of one event that ended without an outcome (crash, kill, OOM) before it is
+    # dead-lettered exhausted_retries instead of cycling through the queue.
+    event_max_redeliveries: int = Field(default=10, ge=1, le=1000)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(default=9808, ge=0, le=65535)

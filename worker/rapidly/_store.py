@@ -39,7 +39,7 @@ from worker.errors import (
     RetriesExhausted,
     TransientError,
 )
-from worker.rapidly._client import RapidlyClient
+from worker.rapidly._client import RapidlyClient, is_event_id
 from worker.rapidly._models import Event
 from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
 
@@ -210,7 +210,11 @@ class EventStore:
             log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
 
     def parent(self, event_id: str) -> Event | None:
-        """An ancestor (any cached copy will do); None when it stays 404 (not visible to us)."""
+        """An ancestor (any cached copy will do); None when it stays 404 (not visible to us) or
+        its id is not a UUID v4 (``""``, garbage, the nil UUID: no such event can exist, and
+        the chain is published incomplete rather than the event dead-lettered)."""
+        if not is_event_id(event_id):
+            return None
         entry = self._lookup(event_id)
         if entry is not None:
             return entry.event

@@ -25,6 +25,7 @@ from worker import metrics, runtime
 from worker.dedupe import Claim, Lease
 from worker.errors import (
     ConfigurationError,
+    EventNotFound,
     InvalidMessage,
     PermanentError,
     RedeliveriesExhausted,
@@ -126,6 +127,10 @@ class AuthGate:
             self._closed = True
             self._reopen_at = time.monotonic() + retry_seconds
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def accept(self) -> bool:
         with self._lock:
             was_closed, self._closed = self._closed, False
@@ -166,7 +171,11 @@ class EnrichTask(Task[Any, Any]):
         try:
             event_id = _event_id_from(args, kwargs)
             structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
-            if not auth_gate.admit(settings.auth_retry_seconds):
+            if not auth_gate.admit(settings.auth_retry_seconds) or (
+                # This message is the gate's probe: the list endpoint answers first, so that a
+                # wrong RAPIDLY_API_URL (GETs answer 404) does not dead-letter it event_not_found.
+                auth_gate.closed and not rt.probe_api()
+            ):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
@@ -188,6 +197,14 @@ class EnrichTask(Task[Any, Any]):
             return outcome.outcome
         except Reject:
             raise
+        except EventNotFound as exc:
+            if not rt.probe_api():  # the URL or token went wrong, not the event
+                auth_gate.reject(settings.auth_retry_seconds)
+                summary = {"outcome": "requeued", "reason": "configuration", "detail": str(exc)}
+                time.sleep(min(settings.auth_retry_seconds, 5.0))
+                raise Reject(str(exc), requeue=True) from None
+            summary = {"outcome": "dead_lettered", "reason": exc.reason, "detail": str(exc)}
+            raise DeadLetter(exc.reason, str(exc), _attempts(exc)) from None
         except PermanentError as exc:
             detail = str(exc)
             summary = {"outcome": "dead_lettered", "reason": exc.reason, "detail": detail}
@@ -445,6 +462,10 @@ def _boot(sender: Any = None, **_: Any) -> None:
     app.tasks[TASK_NAME].backend = app.backend
     metrics.serve(settings.metrics_port)
     rt.start()
+    if rt.health.api_ok is False:
+        # Rejected at start (token, or RAPIDLY_API_URL answering 404): messages stay queued
+        # until a probe passes, instead of each waiting out a 404 and being dead-lettered.
+        auth_gate.reject(settings.auth_retry_seconds)
     _stop_heartbeat.clear()
     threading.Thread(
         target=_heartbeat_forever, args=(_stop_heartbeat,), daemon=True, name="heartbeat"

@@ -42,6 +42,12 @@ class HealthState:
             and self._state["downstream"] is not False
         )
 
+    @property
+    def api_ok(self) -> bool | None:
+        """False once the API rejected the token or the URL; None before the first answer."""
+        value = self._state["api"]
+        return None if value is None else bool(value)
+
     def beat(self, *, broker_connected: bool) -> None:
         self.update(broker=broker_connected)
         (self._dir / "heartbeat").write_text(f"{time.time():.3f}\n")

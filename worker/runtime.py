@@ -30,7 +30,6 @@ from worker.rapidly import (
     RetryPolicy,
 )
 from worker.rapidly._ratelimit import DispatchingLimiter
-from worker.rapidly._store import namespace_for
 from worker.service import EnrichmentService
 from worker.settings import Settings
 
@@ -74,12 +73,14 @@ class Runtime:
     redis: Any = None
     dead_dedupe: DedupeStore | None = None
     redeliveries: RedeliveryCounter | None = None
+    _probing: bool = False
+    closed: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         token = settings.rapidly_api_token.get_secret_value()
         register_secret(token)
-        namespace = namespace_for(token)
+        namespace = settings.redis_namespace
         redis = None
         local_limiter = LocalRateLimiter(settings.rate_limit)
         limiter: RateLimiter = local_limiter
@@ -154,6 +155,7 @@ class Runtime:
             max_depth=settings.enrich_max_depth,
             lease_wait_seconds=settings.dedupe_lease_seconds + 5,
             on_published=_count_published,
+            deadline_seconds=settings.event_deadline_seconds,
         )
         return cls(
             settings,
@@ -209,12 +211,39 @@ class Runtime:
         )
         self.health.api_rejected(str(exc))
         metrics.READY.set(0)
+        with _lock:
+            if self._probing:
+                return
+            self._probing = True
+        # Readiness comes back on its own once the API accepts again, with or without messages.
+        threading.Thread(target=self._probe_until_accepted, daemon=True, name="api-probe").start()
+
+    def _probe_until_accepted(self) -> None:
+        try:
+            while True:
+                time.sleep(self.settings.auth_retry_seconds)
+                if self.closed:
+                    return
+                try:
+                    self.client.check_token()
+                except ConfigurationError as exc:
+                    self.health.api_rejected(str(exc))
+                    continue
+                except WorkerError:
+                    continue  # the API is down: keep probing
+                self.api_accepted()
+                log.info("worker.api_accepts_token")
+                return
+        finally:
+            with _lock:
+                self._probing = False
 
     def api_accepted(self) -> None:
         self.health.api_accepted()
         metrics.READY.set(1 if self.health.ready else 0)
 
     def close(self) -> None:
+        self.closed = True
         for closer in (self.client.close, self.publisher.close, self.dead_letters.close):
             try:
                 closer()

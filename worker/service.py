@@ -25,6 +25,7 @@ from worker.enrichment import EnrichedRecord, enrich_event
 from worker.errors import PermanentError, TransientError
 from worker.publishing import PublishError, RecordPublisher
 from worker.rapidly import EventStore, validate_event_id
+from worker.rapidly._store import event_deadline
 
 log = structlog.get_logger()
 
@@ -86,7 +87,9 @@ class EnrichmentService:
         lease_wait_seconds: float,
         sleep: Callable[[float], None] = time.sleep,
         on_published: Callable[[EnrichedRecord], None] | None = None,
+        deadline_seconds: float | None = None,
     ) -> None:
+        self._deadline = deadline_seconds
         self._store = store
         self._publisher = publisher
         self._dedupe = dedupe
@@ -97,6 +100,10 @@ class EnrichmentService:
 
     def process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
+        # EVENT_DEADLINE_SECONDS bounds the waiting before the publish (API retries, 429s,
+        # replica lag, another worker's lease); the publish and the marks after it are bounded by
+        # their own timeouts, since cutting them short would requeue a record already out.
+        event_deadline.set(None if self._deadline is None else time.monotonic() + self._deadline)
         # One round trip decides: already published (duplicate), being worked on by another
         # claim (wait), or ours to do under a lease.
         lease = self._lease(event_id)
@@ -169,7 +176,10 @@ class EnrichmentService:
             if claim is Claim.DONE:
                 return None
             waited = time.monotonic() - started
-            if waited >= self._lease_wait:
+            deadline = event_deadline.get()
+            if waited >= self._lease_wait or (
+                deadline is not None and time.monotonic() + LEASE_POLL_SECONDS > deadline
+            ):
                 raise LeaseBusy(event_id, waited)
             self._sleep(LEASE_POLL_SECONDS)
 

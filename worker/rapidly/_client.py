@@ -12,6 +12,7 @@ process, created at boot and closed at shutdown; it is safe to share between thr
                               (the token is never sent to another host)
     401 / 403              -> ConfigurationError (the deployment's fault, not the event's)
     404 on GET             -> EventNotYetVisible (transient for a bounded time: replica lag)
+    404 on list            -> ConfigurationError (the list endpoint always exists: a wrong URL)
     422                    -> InvalidEventId on GET, UnexpectedResponse on list
     429                    -> RateLimited(retry_after) (empty body; seconds or an HTTP date)
     5xx, timeout, network  -> ApiUnavailable
@@ -295,6 +296,15 @@ class RapidlyClient:
             )
         if status == 404 and event_id is not None:
             raise EventNotYetVisible(event_id, request_id=request_id)
+        if status == 404:
+            # The list endpoint exists whatever the query: a 404 there means the base URL is
+            # wrong, and every GET's 404 would be taken for a missing event and dead-lettered.
+            raise ConfigurationError(
+                f"API answered 404 to {what}: check RAPIDLY_API_URL (the client calls "
+                f"{{RAPIDLY_API_URL}}/api/events/)",
+                status=status,
+                request_id=request_id,
+            )
         if status == 422 and event_id is not None:
             raise InvalidEventId(event_id)
         if status == 429:

@@ -51,6 +51,13 @@ T = TypeVar("T")
 # ``api_calls``); the service resets it per event.
 api_calls: contextvars.ContextVar[int] = contextvars.ContextVar("api_calls", default=0)
 
+# When the unit of work running in this context must be over (time.monotonic()); None: no bound.
+# A retry, backoff or replica-lag wait that would end past it is not started
+# (EventDeadlineExceeded): the message goes back to the queue instead of overstaying.
+event_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "event_deadline", default=None
+)
+
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
 
@@ -61,6 +68,20 @@ class RateLimitWaitTooLong(TransientError):
     def __init__(self, waited: float):
         self.waited = waited
         super().__init__(f"still rate limited after waiting {waited:.0f}s")
+
+
+class EventDeadlineExceeded(TransientError):
+    """The event used up EVENT_DEADLINE_SECONDS waiting on the API: requeued."""
+
+    def __init__(self, waited_for: str):
+        self.waited_for = waited_for
+        super().__init__(f"event deadline reached while waiting ({waited_for})")
+
+
+def _check_deadline(delay: float, what: str) -> None:
+    deadline = event_deadline.get()
+    if deadline is not None and time.monotonic() + delay > deadline:
+        raise EventDeadlineExceeded(what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +476,7 @@ class EventStore:
                 log.warning(
                     "api.rate_limited", retry_after=exc.retry_after, request_id=exc.request_id
                 )
+                _check_deadline(exc.retry_after, "rate limited")
                 policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
             except EventNotYetVisible:
                 not_found += 1
@@ -466,6 +488,7 @@ class EventStore:
                 delay = min(
                     policy.max_delay, 0.25 * 2 ** (not_found - 1), not_found_wait - lag_waited
                 )
+                _check_deadline(delay, "event not visible yet")
                 policy.sleep(delay)
                 lag_waited += delay
             except ApiUnavailable as exc:
@@ -474,6 +497,7 @@ class EventStore:
                 if failures >= policy.max_attempts or error_waited + delay > policy.budget_seconds:
                     raise RetriesExhausted(exc, attempts=failures, elapsed=error_waited) from None
                 log.info("api.retry", error=str(exc), attempt=failures, delay=round(delay, 3))
+                _check_deadline(delay, "API unavailable")
                 policy.sleep(delay)
                 error_waited += delay
 

@@ -414,16 +414,36 @@ class DeadLetteringConsumer(Consumer):
             )
 
     def perform_pending_operations(self) -> None:
-        _loop_alive.tick()
+        if _loop_alive.tick():
+            try:
+                runtime.current().health.touch()
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop consuming
+                log.warning("health.heartbeat_failed", error=type(exc).__name__)
         super().perform_pending_operations()
+
+    def connect(self) -> Any:
+        # Retries until the broker answers (broker_connection_max_retries=None): the loop is
+        # stopped meanwhile, and the side thread keeps liveness fresh instead.
+        _loop_alive.reconnecting = True
+        try:
+            return super().connect()
+        finally:
+            _loop_alive.reconnecting = False
 
 
 class _LoopTick:
     def __init__(self) -> None:
         self.last = 0.0
+        self.last_beat = 0.0
+        self.reconnecting = False
 
-    def tick(self) -> None:
-        self.last = time.monotonic()
+    def tick(self) -> bool:
+        """True when the loop's heartbeat is due (every HEARTBEAT_INTERVAL_SECONDS)."""
+        now = self.last = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_INTERVAL_SECONDS:
+            return False
+        self.last_beat = now
+        return True
 
     def alive(self) -> bool:
         return time.monotonic() - self.last < LOOP_STALE_SECONDS
@@ -433,11 +453,17 @@ _loop_alive = _LoopTick()
 
 
 def _heartbeat_forever(stop: threading.Event) -> None:
+    """Readiness (is the loop consuming?) and, only while Celery reconnects, liveness."""
     rt = runtime.current()
     while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
-        connected = _loop_alive.alive()
-        rt.health.beat(broker_connected=connected)
-        metrics.READY.set(1 if rt.health.ready else 0)
+        _side_beat(rt, _loop_alive)
+
+
+def _side_beat(rt: runtime.Runtime, loop: _LoopTick) -> None:
+    rt.health.update(broker=loop.alive())
+    if loop.reconnecting:
+        rt.health.touch()
+    metrics.READY.set(1 if rt.health.ready else 0)
 
 
 _stop_heartbeat = threading.Event()

@@ -1,6 +1,9 @@
 """Liveness and readiness as files, so the probes are cheap local reads.
 
-The consumer loop's timer refreshes ``heartbeat`` (liveness). ``state.json`` says whether the
+The consumer loop itself refreshes ``heartbeat`` (liveness), so a consumer that is wedged (the
+loop no longer turns, the broker connection up) goes stale and the liveness probe restarts it; a
+side thread only keeps it fresh while Celery is reconnecting to the broker (the loop is then
+legitimately stopped, and a restart would not help). ``state.json`` says whether the
 broker connection is up and whether the API accepts the token (readiness). ``rapidly-worker
 health live|ready`` reads them; nothing calls ``celery inspect ping``.
 """
@@ -50,6 +53,10 @@ class HealthState:
 
     def beat(self, *, broker_connected: bool) -> None:
         self.update(broker=broker_connected)
+        self.touch()
+
+    def touch(self) -> None:
+        """Liveness: written by the consumer loop itself, so a wedged loop stops it."""
         (self._dir / "heartbeat").write_text(f"{time.time():.3f}\n")
 
     def update(self, **changes: Any) -> None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit lint typecheck deploy-check bench faults clean
+.PHONY: demo test test-floor unit lint typecheck deploy-check bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ test: $(STAMP)
 	$(BIN)/mypy
 	bash scripts/validate-deploy.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The declared lower bounds are true: the lowest direct versions (constraints/floors.txt) in a
+# venv of their own, then the unit tests.
+FLOOR_VENV := .venv-floor
+test-floor:
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install --quiet --constraint constraints/floors.txt -e '.[dev]'
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/simulator
@@ -42,4 +51,4 @@ faults: $(STAMP)
 	$(BIN)/python -m pytest -q tests/faults -m "faults or slow_faults" --run-slow-faults
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .mypy_cache .ruff_cache

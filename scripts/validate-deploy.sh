@@ -23,7 +23,7 @@ PY="${PYTHON:-.venv/bin/python}"
 K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.33.0}"
 DOCKER_DIR=docker
 K8S_DIR=docker/k8s
-CORE_MANIFESTS=(namespace.yaml configmap.yaml secret.yaml deployment.yaml pdb.yaml service-metrics.yaml)
+CORE_MANIFESTS=(namespace.yaml configmap.yaml examples/secret.yaml deployment.yaml pdb.yaml service-metrics.yaml)
 
 if [[ ! -x "$PY" ]]; then
     echo "FAIL: no Python at $PY (set PYTHON=... or create .venv)" >&2
@@ -73,7 +73,7 @@ METRICS = {
 SECRET_KEYS = {"RAPIDLY_API_TOKEN", "BROKER_URL", "DOWNSTREAM_BROKER_URL", "REDIS_URL"}
 CONFIG_KEYS = {
     "RAPIDLY_API_URL", "RAPIDLY_RATE_LIMIT", "WORKER_CONCURRENCY", "WORKER_PROCESSES",
-    "EVENT_DEADLINE_SECONDS",
+    "EVENT_DEADLINE_SECONDS", "ALLOW_INSECURE_API_URL",
     "LOG_FORMAT", "LOG_LEVEL", "METRICS_PORT", "HEALTH_DIR",
 }
 
@@ -270,6 +270,12 @@ def check_kustomization():
             need(isinstance(d, dict) and {"apiVersion", "kind", "metadata"} <= d.keys(),
                  f"{res}: a document lacks apiVersion/kind/metadata")
         count += len(docs)
+    # The Secret is the operator's (sealed-secrets, external-secrets...): `kubectl apply -k` must
+    # never overwrite a real one with the placeholders of examples/secret.yaml.
+    need(not any("secret" in str(r).lower() for r in resources),
+         "kustomization.yaml: lists a Secret; the placeholder Secret must not be applied")
+    need(not any(d.get("kind") == "Secret" for r in resources for d in load_all(K8S / r)),
+         "kustomization.yaml: a resource holds a Secret")
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     need(on_disk <= set(resources), f"kustomization.yaml does not list {sorted(on_disk - set(resources))}")
     return f"kustomization.yaml: {len(resources)} resources exist and parse ({count} objects, no duplicate keys)"
@@ -286,7 +292,7 @@ def selector_matches(selector, labels):
 def check_consistency():
     dep = load_one(K8S / "deployment.yaml")
     cm = load_one(K8S / "configmap.yaml")
-    sec = load_one(K8S / "secret.yaml")
+    sec = load_one(K8S / "examples" / "secret.yaml")
     pdb = load_one(K8S / "pdb.yaml")
     svc = load_one(K8S / "service-metrics.yaml")
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
@@ -379,7 +385,7 @@ def check_keda():
 
     so, ta = docs["ScaledObject"], docs["TriggerAuthentication"]
     dep = load_one(K8S / "deployment.yaml")
-    sec = load_one(K8S / "secret.yaml")
+    sec = load_one(K8S / "examples" / "secret.yaml")
     spec = so["spec"]
     ref = spec["scaleTargetRef"]
     need(ref["name"] == dep["metadata"]["name"] and ref.get("kind", "Deployment") == "Deployment"

@@ -419,6 +419,11 @@ class Simulator:
         self.url: str | None = None
         self.port: int | None = None
         self._dataset_cache: dict[str, bytes] = {}
+        # Answers served as given, ahead of the dataset (``POST /_sim/overrides``): an event the
+        # dataset lacks (a routing key over 255 bytes) or a wrong answer (another event's id, a
+        # child of another parent, a huge or deeply nested body).
+        self._override_get: dict[str, bytes] = {}
+        self._override_children: dict[str, bytes] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -659,6 +664,9 @@ class Simulator:
         return self._list(request), wait_after
 
     def _get(self, raw_id: str) -> web.Response:
+        override = self._override_get.get(raw_id.lower())
+        if override is not None:
+            return self._respond(200, override, _JSON)
         config = self.config
         if config.redirect_to:
             self.stats.redirected += 1
@@ -689,6 +697,10 @@ class Simulator:
         return self._respond(200, index.get_body[event_id], _JSON)
 
     def _list(self, request: web.Request) -> web.Response:
+        parent = request.rel_url.query.get("parent_id")
+        override = self._override_children.get(parent.lower()) if parent else None
+        if override is not None:
+            return self._respond(200, override, _JSON)
         q, errors = parse_list_query(request.rel_url.query)
         if errors:
             return self._respond(
@@ -856,6 +868,8 @@ class Simulator:
             except (ValueError, KeyError, TypeError) as exc:
                 return web.json_response({"error": f"bad event spec: {exc}"}, status=400)
             return web.json_response({"events": created})
+        if route == "/_sim/overrides" and method == "POST":
+            return await self._set_overrides(request)
         if route == "/_sim/requests" and method == "GET":
             try:
                 limit = int(request.query.get("limit", "100"))
@@ -915,6 +929,27 @@ class Simulator:
         self._index = _Index(self.dataset)
         self._dataset_cache.clear()
         return [self.dataset.get_event(event_id) for event_id in added]
+
+    async def _set_overrides(self, request: web.Request) -> web.Response:
+        """``{"get": {id: body}, "children": {parent_id: body}, "clear": bool}``; a body is JSON
+        (served as its encoding) or a string (served as its UTF-8 bytes, for bodies that are
+        not valid JSON or too deep to build as objects)."""
+        try:
+            changes = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+        if not isinstance(changes, dict):
+            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+        if changes.get("clear"):
+            self._override_get.clear()
+            self._override_children.clear()
+        for key, table in (("get", self._override_get), ("children", self._override_children)):
+            for event_id, body in (changes.get(key) or {}).items():
+                raw = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+                table[str(event_id).lower()] = raw.encode()
+        return web.json_response(
+            {"get": len(self._override_get), "children": len(self._override_children)}
+        )
 
     def _dataset_response(self, request: web.Request) -> web.Response:
         key = request.rel_url.raw_query_string

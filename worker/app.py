@@ -25,8 +25,10 @@ from worker import metrics, runtime
 from worker.dedupe import Claim, Lease
 from worker.errors import (
     ConfigurationError,
+    EventNotFound,
     InvalidMessage,
     PermanentError,
+    RedeliveriesExhausted,
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
@@ -125,6 +127,10 @@ class AuthGate:
             self._closed = True
             self._reopen_at = time.monotonic() + retry_seconds
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def accept(self) -> bool:
         with self._lock:
             was_closed, self._closed = self._closed, False
@@ -161,13 +167,19 @@ class EnrichTask(Task[Any, Any]):
         started = time.monotonic()
         api_calls.set(0)
         summary: dict[str, Any] = {}
+        counted: str | None = None
         try:
             event_id = _event_id_from(args, kwargs)
             structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
-            if not auth_gate.admit(settings.auth_retry_seconds):
+            if not auth_gate.admit(settings.auth_retry_seconds) or (
+                # This message is the gate's probe: the list endpoint answers first, so that a
+                # wrong RAPIDLY_API_URL (GETs answer 404) does not dead-letter it event_not_found.
+                auth_gate.closed and not rt.probe_api()
+            ):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
+            counted = self._count_redelivery(rt, event_id)
             outcome = self.run(event_id)
             if auth_gate.accept():
                 log.info("worker.api_accepts_token")
@@ -185,6 +197,14 @@ class EnrichTask(Task[Any, Any]):
             return outcome.outcome
         except Reject:
             raise
+        except EventNotFound as exc:
+            if not rt.probe_api():  # the URL or token went wrong, not the event
+                auth_gate.reject(settings.auth_retry_seconds)
+                summary = {"outcome": "requeued", "reason": "configuration", "detail": str(exc)}
+                time.sleep(min(settings.auth_retry_seconds, 5.0))
+                raise Reject(str(exc), requeue=True) from None
+            summary = {"outcome": "dead_lettered", "reason": exc.reason, "detail": str(exc)}
+            raise DeadLetter(exc.reason, str(exc), _attempts(exc)) from None
         except PermanentError as exc:
             detail = str(exc)
             summary = {"outcome": "dead_lettered", "reason": exc.reason, "detail": detail}
@@ -208,6 +228,8 @@ class EnrichTask(Task[Any, Any]):
         finally:
             duration = time.monotonic() - started
             outcome_name = summary.get("outcome", "unknown")
+            if counted is not None:
+                _settle_redelivery(rt, counted, requeued=outcome_name == "requeued")
             metrics.EVENTS.labels(outcome_name).inc()
             metrics.ENRICH_SECONDS.observe(duration)
             level = "warning" if outcome_name in ("dead_lettered", "requeued") else "info"
@@ -217,6 +239,39 @@ class EnrichTask(Task[Any, Any]):
                 duration_ms=round(duration * 1000, 1),
                 **summary,
             )
+
+    def _count_redelivery(self, rt: runtime.Runtime, event_id: object) -> str | None:
+        """Bounds the loop a poison message would make (it crashes or kills the worker each
+        time): the key it was counted under, or None when it was not counted."""
+        counter = rt.redeliveries
+        delivery_info = getattr(self.request, "delivery_info", None) or {}
+        if counter is None or not delivery_info.get("redelivered"):
+            return None
+        if not isinstance(event_id, str) or len(event_id) > 64:
+            return None  # dead-lettered invalid_event_id anyway
+        key = event_id.lower()
+        try:
+            deliveries = counter.count(key)
+        except Exception as exc:  # noqa: BLE001 - uncounted this time, never lost
+            log.warning("redelivery.count_failed", error=type(exc).__name__)
+            return None
+        if deliveries > rt.settings.event_max_redeliveries:
+            raise RedeliveriesExhausted(key, deliveries=deliveries)
+        return key
+
+
+def _settle_redelivery(rt: runtime.Runtime, key: str, *, requeued: bool) -> None:
+    """A requeue for the deployment's reasons gives its count back; an outcome clears it."""
+    counter = rt.redeliveries
+    if counter is None:
+        return
+    try:
+        if requeued:
+            counter.uncount(key)
+        else:
+            counter.forget(key)
+    except Exception as exc:  # noqa: BLE001 - the key expires with the dedupe TTL
+        log.warning("redelivery.settle_failed", error=type(exc).__name__)
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -371,16 +426,36 @@ class DeadLetteringConsumer(Consumer):
             )
 
     def perform_pending_operations(self) -> None:
-        _loop_alive.tick()
+        if _loop_alive.tick():
+            try:
+                runtime.current().health.touch()
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop consuming
+                log.warning("health.heartbeat_failed", error=type(exc).__name__)
         super().perform_pending_operations()
+
+    def connect(self) -> Any:
+        # Retries until the broker answers (broker_connection_max_retries=None): the loop is
+        # stopped meanwhile, and the side thread keeps liveness fresh instead.
+        _loop_alive.reconnecting = True
+        try:
+            return super().connect()
+        finally:
+            _loop_alive.reconnecting = False
 
 
 class _LoopTick:
     def __init__(self) -> None:
         self.last = 0.0
+        self.last_beat = 0.0
+        self.reconnecting = False
 
-    def tick(self) -> None:
-        self.last = time.monotonic()
+    def tick(self) -> bool:
+        """True when the loop's heartbeat is due (every HEARTBEAT_INTERVAL_SECONDS)."""
+        now = self.last = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_INTERVAL_SECONDS:
+            return False
+        self.last_beat = now
+        return True
 
     def alive(self) -> bool:
         return time.monotonic() - self.last < LOOP_STALE_SECONDS
@@ -390,11 +465,17 @@ _loop_alive = _LoopTick()
 
 
 def _heartbeat_forever(stop: threading.Event) -> None:
+    """Readiness (is the loop consuming?) and, only while Celery reconnects, liveness."""
     rt = runtime.current()
     while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
-        connected = _loop_alive.alive()
-        rt.health.beat(broker_connected=connected)
-        metrics.READY.set(1 if rt.health.ready else 0)
+        _side_beat(rt, _loop_alive)
+
+
+def _side_beat(rt: runtime.Runtime, loop: _LoopTick) -> None:
+    rt.health.update(broker=loop.alive())
+    if loop.reconnecting:
+        rt.health.touch()
+    metrics.READY.set(1 if rt.health.ready else 0)
 
 
 _stop_heartbeat = threading.Event()
@@ -419,6 +500,10 @@ def _boot(sender: Any = None, **_: Any) -> None:
     app.tasks[TASK_NAME].backend = app.backend
     metrics.serve(settings.metrics_port)
     rt.start()
+    if rt.health.api_ok is False:
+        # Rejected at start (token, or RAPIDLY_API_URL answering 404): messages stay queued
+        # until a probe passes, instead of each waiting out a 404 and being dead-lettered.
+        auth_gate.reject(settings.auth_retry_seconds)
     _stop_heartbeat.clear()
     threading.Thread(
         target=_heartbeat_forever, args=(_stop_heartbeat,), daemon=True, name="heartbeat"

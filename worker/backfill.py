@@ -56,7 +56,7 @@ from kombu import Connection
 from worker.publishing import EVENTS_QUEUE, PublishError, TaskMessage, TaskPublisher
 from worker.rapidly import Event, EventStore
 from worker.rapidly._client import LIST_PAGE_SIZE
-from worker.rapidly._store import api_calls, namespace_for
+from worker.rapidly._store import api_calls
 
 log = structlog.get_logger()
 
@@ -199,8 +199,8 @@ class Checkpoint:
         self.handed = {k: ts for k, ts in self.handed.items() if ts >= floor}
 
 
-def checkpoint_key(token: str, api_url: str, since: int) -> str:
-    return hashlib.sha256(f"{namespace_for(token)}|{api_url}|{since}".encode()).hexdigest()[:16]
+def checkpoint_key(namespace: str, api_url: str, since: int) -> str:
+    return hashlib.sha256(f"{namespace}|{api_url}|{since}".encode()).hexdigest()[:16]
 
 
 def default_checkpoint_path(key: str) -> Path:

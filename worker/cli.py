@@ -222,11 +222,9 @@ def _backfill(args: Any) -> int:
     from worker.publishing import TaskPublisher  # noqa: PLC0415
     from worker.rapidly import EventStore, RapidlyClient, RetryPolicy  # noqa: PLC0415
     from worker.rapidly._ratelimit import DispatchingLimiter  # noqa: PLC0415
-    from worker.rapidly._store import namespace_for  # noqa: PLC0415
     from worker.runtime import fleet_limiter, redis_client  # noqa: PLC0415
 
-    token = settings.rapidly_api_token.get_secret_value()
-    key = checkpoint_key(token, settings.rapidly_api_url, args.since)
+    key = checkpoint_key(settings.redis_namespace, settings.rapidly_api_url, args.since)
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(key)
     redis = redis_client(settings.redis_url, 4)
     limiter = DispatchingLimiter(fleet_limiter(settings, redis))
@@ -247,7 +245,7 @@ def _backfill(args: Any) -> int:
         limiter=limiter,
         max_events=0,  # nothing is read back here: the cache is for the workers
         redis=redis,
-        redis_namespace=namespace_for(token),
+        redis_namespace=settings.redis_namespace,
         redis_ttl=settings.cache_ttl_seconds,
         root_window=0,
     )

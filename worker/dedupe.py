@@ -11,14 +11,21 @@ States of an event ID, per namespace (token):
 ``sent`` and ``done`` both mean "published": a redelivered or re-sent message whose ID is in
 either state is acknowledged without a second record. ``sent`` is written the moment the record's
 bytes were handed to the broker, before the wait for its confirm, so a worker killed while
-waiting leaves the ID marked and the redelivery publishes nothing. What is left:
+waiting leaves the ID marked and the redelivery publishes nothing. Records are at least once
+(CONTRACT.md section 3): only the broker's confirm (basic.ack) makes a record published. A live
+owner whose publish was nacked, whose channel the broker closed (AccessRefused, NotFound,
+PreconditionFailed), whose connection dropped or whose confirm never came releases the ``sent``
+mark and requeues the input, and the redelivery publishes again. Duplicates that remain, each
+carrying ``message_id`` = event ID for consumers to drop:
 
+- the broker routed a record whose confirm was lost (connection dropped while waiting);
 - a kill between the write to the broker and the ``sent`` write to Redis (two consecutive
-  syscalls, microseconds): the redelivery publishes a second record;
-- a record whose bytes were written and marked but whose confirm never came (the connection
-  dropped while waiting): it counts as published (at most once, as CONTRACT.md promises); should
-  the broker not have routed it after all, that record is lost; ``publish.unconfirmed`` is logged.
-  A refused (nacked) or unwritten record is requeued instead.
+  syscalls, microseconds): the redelivery publishes a second record.
+
+And the one case where a kill can cost a record: a worker killed after its bytes reached its own
+socket but before the broker read them keeps the ``sent`` mark, so the redelivery publishes
+nothing (a kill mid-write is rare; the alternative, republishing after every kill, duplicates every
+record in flight).
 
 Before publishing, the claim's lease is confirmed (refreshed) in the store: a lease that lapsed
 during a long enrichment and was taken by another claim, or a store that is unreachable, stops the
@@ -243,3 +250,48 @@ class RedisDedupeStore:
 
 def _published(value: bytes | None) -> bool:
     return value is not None and (value == DONE or value.startswith(SENT_PREFIX))
+
+
+class RedeliveryCounter:
+    """How many times an event's message came back without an outcome (a crash, a kill, the
+    worker lost, an OOM while enriching it). Celery's ``Reject(requeue=True)`` returns the message
+    unchanged, so the count cannot ride in a header: it lives beside the dedupe marks, per event
+    ID. Requeues for the deployment's reasons (broker down, token rejected, downstream refusing)
+    take their count back (``uncount``); a published or dead-lettered event ``forget``s it. Only
+    redeliveries are counted: a first delivery costs no Redis call."""
+
+    def __init__(self, redis: Any = None, namespace: str = "", *, ttl: int = 7 * 86_400):
+        self._redis = redis
+        self._prefix = f"rapidly:{namespace}:redeliveries:"
+        self._ttl = ttl
+        self._local: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, key: str) -> int:
+        if self._redis is not None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.incr(self._prefix + key)
+            pipe.expire(self._prefix + key, self._ttl)
+            return int(pipe.execute()[0])
+        with self._lock:
+            value = self._local.get(key, 0) + 1
+            self._local[key] = value
+            self._local.move_to_end(key)
+            while len(self._local) > 100_000:
+                self._local.popitem(last=False)
+            return value
+
+    def uncount(self, key: str) -> None:
+        if self._redis is not None:
+            self._redis.decr(self._prefix + key)
+            return
+        with self._lock:
+            if key in self._local:
+                self._local[key] = max(0, self._local[key] - 1)
+
+    def forget(self, key: str) -> None:
+        if self._redis is not None:
+            self._redis.delete(self._prefix + key)
+            return
+        with self._lock:
+            self._local.pop(key, None)

@@ -9,6 +9,7 @@
     │   ├── InvalidEventId           not a UUID version 4: rejected before any API call
     │   ├── EventNotFound            still 404 after the bounded wait for replica lag
     │   ├── RetriesExhausted         a transient error outlived the retry budget
+    │   ├── RedeliveriesExhausted    the message kept coming back without an outcome (crashes)
     │   ├── InvalidMessage           a task message that cannot be executed as sent
     │   └── UnexpectedResponse       the API answered something no retry will change (e.g. 422)
     └── ConfigurationError           the deployment is wrong (401/403, bad setting): the event is
@@ -94,6 +95,18 @@ class RetriesExhausted(PermanentError):
         self.elapsed = elapsed
         super().__init__(
             f"gave up after {attempts} attempts over {elapsed:.1f}s; last error: {last_error}"
+        )
+
+
+class RedeliveriesExhausted(PermanentError):
+    reason = "exhausted_retries"
+
+    def __init__(self, event_id: str, *, deliveries: int):
+        self.event_id = event_id
+        self.attempts = deliveries
+        super().__init__(
+            f"event {event_id} was delivered {deliveries} times without an outcome "
+            "(worker crashed or was killed while processing it)"
         )
 
 

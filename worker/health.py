@@ -1,6 +1,9 @@
 """Liveness and readiness as files, so the probes are cheap local reads.
 
-The consumer loop's timer refreshes ``heartbeat`` (liveness). ``state.json`` says whether the
+The consumer loop itself refreshes ``heartbeat`` (liveness), so a consumer that is wedged (the
+loop no longer turns, the broker connection up) goes stale and the liveness probe restarts it; a
+side thread only keeps it fresh while Celery is reconnecting to the broker (the loop is then
+legitimately stopped, and a restart would not help). ``state.json`` says whether the
 broker connection is up and whether the API accepts the token (readiness). ``rapidly-worker
 health live|ready`` reads them; nothing calls ``celery inspect ping``.
 """
@@ -24,16 +27,36 @@ class HealthState:
     def __init__(self, directory: str):
         self._dir = Path(directory)
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"broker": False, "api": None, "reason": "starting"}
+        self._state: dict[str, Any] = {
+            "broker": False,
+            "api": None,
+            "reason": "starting",
+            "downstream": None,
+            "downstream_reason": "",
+        }
         self._dir.mkdir(parents=True, exist_ok=True)
         self._write()
 
     @property
     def ready(self) -> bool:
-        return bool(self._state["broker"]) and self._state["api"] is not False
+        return (
+            bool(self._state["broker"])
+            and self._state["api"] is not False
+            and self._state["downstream"] is not False
+        )
+
+    @property
+    def api_ok(self) -> bool | None:
+        """False once the API rejected the token or the URL; None before the first answer."""
+        value = self._state["api"]
+        return None if value is None else bool(value)
 
     def beat(self, *, broker_connected: bool) -> None:
         self.update(broker=broker_connected)
+        self.touch()
+
+    def touch(self) -> None:
+        """Liveness: written by the consumer loop itself, so a wedged loop stops it."""
         (self._dir / "heartbeat").write_text(f"{time.time():.3f}\n")
 
     def update(self, **changes: Any) -> None:
@@ -49,6 +72,14 @@ class HealthState:
     def api_accepted(self) -> None:
         if self._state["api"] is not True:
             self.update(api=True, reason="")
+
+    def downstream_failed(self, reason: str) -> None:
+        """The downstream broker refused or did not confirm a record: not ready until one is."""
+        self.update(downstream=False, downstream_reason=reason[:300])
+
+    def downstream_confirmed(self) -> None:
+        if self._state["downstream"] is not True:
+            self.update(downstream=True, downstream_reason="")
 
     def _write(self) -> None:
         payload = {**self._state, "ready": self.ready, "updated": time.time(), "pid": os.getpid()}
@@ -105,4 +136,7 @@ def _check_one(directory: str, what: str, stale_after: float) -> tuple[bool, str
         return False, "broker unreachable"
     if state.get("api") is False:
         return False, f"API rejects the token: {state.get('reason', '')}"
+    if state.get("downstream") is False:
+        reason = state.get("downstream_reason", "")
+        return False, f"downstream broker does not confirm records: {reason}"
     return True, "ready"

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from worker import metrics
-from worker.dedupe import DedupeStore, LocalDedupeStore, RedisDedupeStore
+from worker.dedupe import DedupeStore, LocalDedupeStore, RedeliveryCounter, RedisDedupeStore
 from worker.enrichment import EnrichedRecord
 from worker.errors import ConfigurationError, WorkerError
 from worker.health import HealthState
 from worker.logging import register_secret
-from worker.publishing import DeadLetterPublisher, RecordPublisher
+from worker.publishing import DeadLetterPublisher, PublishError, RecordPublisher
 from worker.rapidly import (
     EventStore,
     LocalRateLimiter,
@@ -29,7 +30,6 @@ from worker.rapidly import (
     RetryPolicy,
 )
 from worker.rapidly._ratelimit import DispatchingLimiter
-from worker.rapidly._store import namespace_for
 from worker.service import EnrichmentService
 from worker.settings import Settings
 
@@ -66,7 +66,7 @@ def fleet_limiter(settings: Settings, redis: Any) -> RateLimiter:
     local = LocalRateLimiter(settings.rate_limit)
     if redis is None:
         return local
-    namespace = namespace_for(settings.rapidly_api_token.get_secret_value())
+    namespace = settings.redis_namespace
     return _FallbackLimiter(
         RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit), local
     )
@@ -84,12 +84,15 @@ class Runtime:
     health: HealthState
     redis: Any = None
     dead_dedupe: DedupeStore | None = None
+    redeliveries: RedeliveryCounter | None = None
+    _probing: bool = False
+    closed: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         token = settings.rapidly_api_token.get_secret_value()
         register_secret(token)
-        namespace = namespace_for(token)
+        namespace = settings.redis_namespace
         redis = None
         local_limiter = LocalRateLimiter(settings.rate_limit)
         limiter: RateLimiter = local_limiter
@@ -127,6 +130,7 @@ class Runtime:
             timeout=settings.api_timeout_seconds,
             max_connections=settings.http_connections,
             observer=metrics.observe_api,
+            max_body_bytes=settings.api_max_body_bytes,
         )
         policy = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
@@ -146,10 +150,12 @@ class Runtime:
             redis_namespace=namespace,
             redis_ttl=settings.cache_ttl_seconds,
         )
+        health = HealthState(settings.health_dir)
         publisher = RecordPublisher(
             settings.downstream_url,
             timeout=settings.publish_timeout_seconds,
             pool_size=max(4, min(64, settings.worker_concurrency // 4)),
+            observer=_downstream_observer(health),
         )
         dead_letters = DeadLetterPublisher(
             settings.broker_url, timeout=settings.publish_timeout_seconds
@@ -161,6 +167,7 @@ class Runtime:
             max_depth=settings.enrich_max_depth,
             lease_wait_seconds=settings.dedupe_lease_seconds + 5,
             on_published=_count_published,
+            deadline_seconds=settings.event_deadline_seconds,
         )
         return cls(
             settings,
@@ -170,9 +177,10 @@ class Runtime:
             dead_letters,
             dedupe,
             service,
-            HealthState(settings.health_dir),
+            health,
             redis,
             dead_dedupe,
+            RedeliveryCounter(redis, namespace, ttl=settings.dedupe_ttl_seconds),
         )
 
     def start(self, *, attempts: int = 30) -> None:
@@ -215,12 +223,39 @@ class Runtime:
         )
         self.health.api_rejected(str(exc))
         metrics.READY.set(0)
+        with _lock:
+            if self._probing:
+                return
+            self._probing = True
+        # Readiness comes back on its own once the API accepts again, with or without messages.
+        threading.Thread(target=self._probe_until_accepted, daemon=True, name="api-probe").start()
+
+    def _probe_until_accepted(self) -> None:
+        try:
+            while True:
+                time.sleep(self.settings.auth_retry_seconds)
+                if self.closed:
+                    return
+                try:
+                    self.client.check_token()
+                except ConfigurationError as exc:
+                    self.health.api_rejected(str(exc))
+                    continue
+                except WorkerError:
+                    continue  # the API is down: keep probing
+                self.api_accepted()
+                log.info("worker.api_accepts_token")
+                return
+        finally:
+            with _lock:
+                self._probing = False
 
     def api_accepted(self) -> None:
         self.health.api_accepted()
         metrics.READY.set(1 if self.health.ready else 0)
 
     def close(self) -> None:
+        self.closed = True
         for closer in (self.client.close, self.publisher.close, self.dead_letters.close):
             try:
                 closer()
@@ -228,6 +263,19 @@ class Runtime:
                 log.warning("worker.close_failed", error=type(exc).__name__)
         if self.redis is not None:
             self.redis.close()
+
+
+def _downstream_observer(health: HealthState) -> Callable[[PublishError | None], None]:
+    def observe(error: PublishError | None) -> None:
+        if error is None:
+            health.downstream_confirmed()
+        else:
+            if health.ready:
+                log.error("worker.downstream_not_confirming", error=str(error)[:300])
+            health.downstream_failed(str(error))
+        metrics.READY.set(1 if health.ready else 0)
+
+    return observe
 
 
 def _count_published(record: EnrichedRecord) -> None:

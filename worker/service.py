@@ -1,10 +1,13 @@
-"""One unit of work: an event ID in, at most one confirmed record out.
+"""One unit of work: an event ID in, a confirmed record out (at least once).
 
     lease the ID       -> "duplicate" if it was published already (the message is acknowledged)
     enrich (API)       -> EnrichedRecord, or a typed error for the task layer to map
-    publish            -> marked "sent" when written, then the broker's confirm
+    publish            -> marked "sent" when written, then the broker's confirm (basic.ack)
 
 Publishing is last and only on success; the caller acknowledges the input after this returns.
+Only a confirm makes a record published: a nack, a channel the broker closed, a lost connection or
+a confirm that never came undoes the sent mark and the input goes back to the queue (NotPublished).
+A record that cannot be published as it is raises Unpublishable (dead-lettered).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import structlog
 
 from worker.dedupe import Claim, DedupeStore, Lease
 from worker.enrichment import EnrichedRecord, enrich_event
-from worker.errors import TransientError
+from worker.errors import PermanentError, TransientError
 from worker.publishing import PublishError, RecordPublisher
 from worker.rapidly import EventStore, validate_event_id
+from worker.rapidly._store import event_deadline
 
 log = structlog.get_logger()
 
@@ -54,6 +58,18 @@ class NotPublished(TransientError):
         super().__init__(str(error))
 
 
+class Unpublishable(PermanentError):
+    """The record itself cannot be published as it is (it failed before the broker saw a byte,
+    for a reason no retry changes): dead-lettered instead of cycling through the queue."""
+
+    reason = "unpublishable"
+
+    def __init__(self, event_id: str, error: PublishError):
+        self.event_id = event_id
+        self.error = error
+        super().__init__(f"record of event {event_id} cannot be published: {error}")
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     outcome: str  # "published" | "duplicate"
@@ -71,7 +87,9 @@ class EnrichmentService:
         lease_wait_seconds: float,
         sleep: Callable[[float], None] = time.sleep,
         on_published: Callable[[EnrichedRecord], None] | None = None,
+        deadline_seconds: float | None = None,
     ) -> None:
+        self._deadline = deadline_seconds
         self._store = store
         self._publisher = publisher
         self._dedupe = dedupe
@@ -82,6 +100,10 @@ class EnrichmentService:
 
     def process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
+        # EVENT_DEADLINE_SECONDS bounds the waiting before the publish (API retries, 429s,
+        # replica lag, another worker's lease); the publish and the marks after it are bounded by
+        # their own timeouts, since cutting them short would requeue a record already out.
+        event_deadline.set(None if self._deadline is None else time.monotonic() + self._deadline)
         # One round trip decides: already published (duplicate), being worked on by another
         # claim (wait), or ours to do under a lease.
         lease = self._lease(event_id)
@@ -103,14 +125,13 @@ class EnrichmentService:
                     record, on_sent=lambda: marked.append(self._mark_sent(mark, lease))
                 )
         except PublishError as exc:
-            if exc.sent and not exc.nacked and marked and all(marked):
-                # The record was written whole and marked; only its confirm is missing (the
-                # connection dropped while waiting). Publishing again would break the contract's
-                # at-most-once promise, so it counts as published; logged for the operator.
-                log.warning("publish.unconfirmed", event_id=event_id, error=str(exc))
-                return Outcome("published", record)
-            # Not written, or refused (nacked): it goes back to the queue.
-            self._release_quietly(lease)
+            # Published means confirmed (basic.ack). Anything else (nacked, channel closed by the
+            # broker, connection lost, confirm timed out) undoes the sent mark, so that the
+            # redelivery publishes again; a duplicate is then possible only if the broker routed
+            # a record whose confirm was lost, and consumers dedupe it by message_id.
+            self._release_reliably(lease)
+            if exc.unpublishable:
+                raise Unpublishable(event_id, exc) from exc
             raise NotPublished(exc) from exc
         except BaseException:
             self._release_quietly(lease)
@@ -155,7 +176,10 @@ class EnrichmentService:
             if claim is Claim.DONE:
                 return None
             waited = time.monotonic() - started
-            if waited >= self._lease_wait:
+            deadline = event_deadline.get()
+            if waited >= self._lease_wait or (
+                deadline is not None and time.monotonic() + LEASE_POLL_SECONDS > deadline
+            ):
                 raise LeaseBusy(event_id, waited)
             self._sleep(LEASE_POLL_SECONDS)
 
@@ -167,6 +191,24 @@ class EnrichmentService:
         except Exception as exc:
             # Without the dedupe store no publish is safe from duplicates: retry later instead.
             raise DedupeUnavailable(exc) from exc
+
+    def _release_reliably(self, lease: Lease) -> None:
+        """The sent mark must go, or the redelivery would take an unconfirmed record for a
+        published one: retried like ``_complete``; past that, logged loudly (the record may then
+        be lost if the broker never routed it)."""
+        waited, attempt = 0.0, 0
+        while True:
+            attempt += 1
+            try:
+                self._dedupe.release(lease)
+                return
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                if waited >= COMPLETE_WAIT_SECONDS:
+                    log.error("dedupe.release_failed", event_id=lease.key, error=type(exc).__name__)
+                    return
+                delay = min(1.0, 0.1 * attempt)
+                self._sleep(delay)
+                waited += delay
 
     def _release_quietly(self, lease: Lease) -> None:
         try:

@@ -6,11 +6,20 @@ line naming the variable (see ``load_settings``); nothing else in the worker rea
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+import httpx
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_URL = "https://api.rapidly.tech"
@@ -68,6 +77,15 @@ def _http_url(value: str) -> str:
 BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Everything the worker can be told. Names are the environment variables, upper-cased."""
 
@@ -88,6 +106,8 @@ class Settings(BaseSettings):
     enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     api_max_connections: int | None = Field(default=None, ge=1, le=2000)
+    # A response body past this is an invalid response (retried), never read whole.
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
     not_found_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
     retry_budget_seconds: float = Field(default=45.0, ge=0, le=3600)
     retry_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -101,6 +121,16 @@ class Settings(BaseSettings):
     dedupe_lease_seconds: int = Field(default=120, ge=5, le=3600)
     broker_visibility_timeout: int = Field(default=900, ge=60)
     publish_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Deliveries of one event that ended without an outcome (crash, kill, OOM) before it is
+    # dead-lettered exhausted_retries instead of cycling through the queue.
+    event_max_redeliveries: int = Field(default=10, ge=1, le=1000)
+    # Redis keys (dedupe marks, cache, the fleet's budget) live under rapidly:<namespace>:. Not
+    # derived from the token, so rotating the token keeps every dedupe mark; one per workspace
+    # when several workspaces' workers share one Redis.
+    redis_namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # http:// to a host other than loopback sends the token in clear: refused unless this is set
+    # (the compose stack's simulator, say).
+    allow_insecure_api_url: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(default=9808, ge=0, le=65535)
@@ -124,6 +154,25 @@ class Settings(BaseSettings):
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("rapidly_api_token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        # A newline from `echo token > file` or a pasted space would make every call a 401.
+        token = value.get_secret_value().strip()
+        if any(ch.isspace() for ch in token):
+            raise ValueError("contains whitespace inside the token")
+        return SecretStr(token)
+
+    @model_validator(mode="after")
+    def _api_url_in_clear(self) -> Settings:
+        url = httpx.URL(self.rapidly_api_url)
+        if url.scheme == "http" and not self.allow_insecure_api_url and not _loopback(url.host):
+            raise ValueError(
+                "RAPIDLY_API_URL: http:// to a non-loopback host would send the token in clear; "
+                "use https:// (or set ALLOW_INSECURE_API_URL=true for a test stack)"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -155,8 +204,10 @@ def load_settings(*, require_token: bool = True, **overrides: object) -> Setting
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        variable = str(first["loc"][0]).upper() if first["loc"] else "?"
         message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across fields: its message names the variable
+            raise SettingsError(f"invalid configuration: {message}") from None
+        variable = str(first["loc"][0]).upper()
         raise SettingsError(f"invalid configuration: {variable}: {message}") from None
     if require_token and not settings.rapidly_api_token.get_secret_value():
         raise SettingsError("invalid configuration: RAPIDLY_API_TOKEN: required, not set")

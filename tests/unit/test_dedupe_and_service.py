@@ -130,10 +130,14 @@ class FakePublisher:
     def publish(self, record: EnrichedRecord, *, on_sent: Any) -> None:
         if self.fail == "before":
             raise PublishError("connection refused", sent=False)
+        if self.fail == "unpublishable":
+            raise PublishError("struct.error: routing key too long", sent=False, unpublishable=True)
         on_sent()
         self.state_when_sent.append(self.dedupe.is_done(record.event_id))
         if self.fail == "confirm":
             raise PublishError("connection closed while waiting for the confirm", sent=True)
+        if self.fail == "refused":
+            raise PublishError("AccessRefused: 403", sent=True, refused=True)
         if self.fail == "nack":
             raise PublishError("the broker refused (nacked) the message", sent=True, nacked=True)
         self.published.append(record)
@@ -157,30 +161,69 @@ def test_published_once_and_marked_before_the_confirm(api: FakeApi, store: Event
     assert len(publisher.published) == 1
 
 
-def test_written_but_unconfirmed_counts_as_published(api: FakeApi, store: EventStore) -> None:
-    """At most once: a record written and marked whose confirm was lost is not republished."""
-    event = make_event(new_id())
-    api.add(event)
-    dedupe = LocalDedupeStore(ttl=60, lease=30)
-    service = service_for(store, dedupe, FakePublisher(dedupe, fail="confirm"))
-    assert service.process(event["id"]).outcome == "published"
-    assert dedupe.is_done(event["id"])
-
-
-@pytest.mark.parametrize("fail", ["before", "nack"])
+@pytest.mark.parametrize("fail", ["before", "nack", "confirm", "refused"])
 def test_failed_publish_clears_the_mark_and_requeues(
     api: FakeApi, store: EventStore, fail: str
 ) -> None:
+    """Published means confirmed: a record written and marked whose confirm never came (or whose
+    channel the broker closed) is released and republished by the redelivery."""
     event = make_event(new_id())
     api.add(event)
     dedupe = LocalDedupeStore(ttl=60, lease=30)
-    service = service_for(store, dedupe, FakePublisher(dedupe, fail=fail))
+    published: list[EnrichedRecord] = []
+    service = EnrichmentService(
+        store,
+        FakePublisher(dedupe, fail=fail),
+        dedupe,
+        max_depth=100,
+        lease_wait_seconds=0.0,
+        sleep=lambda _: None,
+        on_published=published.append,
+    )
     with pytest.raises(NotPublished):
         service.process(event["id"])
+    assert published == []  # not counted as published
     assert not dedupe.is_done(event["id"])  # the requeued message will publish
     ok = FakePublisher(dedupe)
     assert service_for(store, dedupe, ok).process(event["id"]).outcome == "published"
     assert len(ok.published) == 1
+
+
+def test_unpublishable_record_is_dead_lettered_not_requeued(
+    api: FakeApi, store: EventStore
+) -> None:
+    from worker.service import Unpublishable
+
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = LocalDedupeStore(ttl=60, lease=30)
+    service = service_for(store, dedupe, FakePublisher(dedupe, fail="unpublishable"))
+    with pytest.raises(Unpublishable) as caught:
+        service.process(event["id"])
+    assert caught.value.reason == "unpublishable"
+    assert not dedupe.is_done(event["id"])
+
+
+class FailingRelease(LocalDedupeStore):
+    def __init__(self, failures: int) -> None:
+        super().__init__(ttl=60, lease=30)
+        self.failures = failures
+
+    def release(self, lease: Lease) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("redis restarting")
+        super().release(lease)
+
+
+def test_sent_mark_release_outlasts_a_redis_blip(api: FakeApi, store: EventStore) -> None:
+    """A sent mark left behind would make the redelivery ack an unconfirmed record unpublished."""
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = FailingRelease(failures=5)
+    with pytest.raises(NotPublished):
+        service_for(store, dedupe, FakePublisher(dedupe, fail="confirm")).process(event["id"])
+    assert not dedupe.is_done(event["id"])
 
 
 def test_busy_lease_is_transient(api: FakeApi, store: EventStore) -> None:

@@ -10,6 +10,18 @@ from worker.enrichment._hierarchy import Hierarchy
 from worker.rapidly import ChildCounts, Event
 
 SCHEMA = "rapidly.enriched_event.v1"
+# AMQP's shortstr: a routing key over 255 bytes cannot even be encoded (CONTRACT.md section 3).
+MAX_ROUTING_KEY_BYTES = 255
+
+
+def routing_key_for(source: str, name: str) -> str:
+    """``<source>.<name>``, cut to 255 UTF-8 bytes at a character boundary (a lone surrogate,
+    which no frame can carry, becomes ``?``)."""
+    key = f"{source}.{name}"
+    encoded = key.encode("utf-8", "replace")
+    if len(encoded) <= MAX_ROUTING_KEY_BYTES and len(encoded) == len(key.encode("utf-8", "ignore")):
+        return key
+    return encoded[:MAX_ROUTING_KEY_BYTES].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +56,6 @@ def build_record(
         ),
         "enriched_at": rfc3339_now(now),
     }
-    return EnrichedRecord(event_id=event.id, routing_key=event.routing_key, body=body)
+    return EnrichedRecord(
+        event_id=event.id, routing_key=routing_key_for(event.source, event.name), body=body
+    )

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from amqp import spec
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import AMQPError, MessageNacked
 from kombu import Connection, Producer
+from kombu.exceptions import OperationalError
 
 from worker.enrichment import EnrichedRecord
 from worker.publishing._topology import (
@@ -52,13 +54,41 @@ class PublishError(Exception):
     """The broker did not confirm: the input must not be acknowledged.
 
     ``sent`` tells whether the message had already been written to the broker (the confirm then
-    failed or timed out, so the broker may or may not hold it); ``nacked``, that it refused it.
+    failed or timed out, so the broker may or may not hold it); ``nacked``, that it refused it;
+    ``refused``, that the broker closed the channel or connection over it (AccessRefused,
+    NotFound, PreconditionFailed...: the deployment's fault, reported as not ready);
+    ``unpublishable``, that the message failed before a byte was written for a reason of its own
+    (it cannot be encoded as an AMQP frame, say): retrying it cannot help.
     """
 
-    def __init__(self, detail: str, *, sent: bool, nacked: bool = False):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        sent: bool,
+        nacked: bool = False,
+        refused: bool = False,
+        unpublishable: bool = False,
+    ):
         self.sent = sent
         self.nacked = nacked
+        self.refused = refused
+        self.unpublishable = unpublishable
         super().__init__(detail)
+
+
+# Failures of the broker, the network or the connection: the message may well go through later.
+# Anything else raised before the message was written is the message's own (UNPUBLISHABLE).
+_INFRASTRUCTURE_ERRORS = (OSError, AMQPError, OperationalError, queue.Empty, TimeoutError)
+
+# Heartbeats on publishing connections: a broker that vanished without a FIN (a dead host, a
+# dropped NAT entry) is noticed within about two intervals instead of at the next write's TCP
+# timeout. Nothing services a heartbeat between publishes (there is no loop on these
+# connections), so ``_ConfirmedPool`` checks it each time it takes a connection from the pool
+# (``heartbeat_check``), and the confirm wait reads frames, heartbeats included, while it waits.
+# A connection idle past the broker's grace (twice the interval) is closed by the broker and
+# replaced on its next use: its publish fails before sending and the message is requeued.
+PUBLISH_HEARTBEAT_SECONDS = 30
 
 
 def _nothing() -> None:
@@ -71,6 +101,7 @@ class _Slot:
     channel: Any
     producer: Producer
     confirms: bool
+    used_at: float
 
 
 class _ConfirmedPool:
@@ -91,7 +122,9 @@ class _ConfirmedPool:
         self._permits = threading.BoundedSemaphore(size)
 
     def _open(self) -> _Slot:
-        connection = Connection(self._url, connect_timeout=self._timeout, heartbeat=0)
+        connection = Connection(
+            self._url, connect_timeout=self._timeout, heartbeat=PUBLISH_HEARTBEAT_SECONDS
+        )
         try:
             connection.ensure_connection(max_retries=2, interval_start=1, interval_step=1)
             channel = connection.channel()
@@ -100,7 +133,7 @@ class _ConfirmedPool:
                 channel.confirm_select()  # type: ignore[attr-defined]  # py-amqp Channel
             for entity in self._declare:
                 entity.bind(channel).declare()
-            return _Slot(connection, channel, Producer(channel), confirms)
+            return _Slot(connection, channel, Producer(channel), confirms, time.monotonic())
         except BaseException:
             connection.release()
             raise
@@ -111,10 +144,7 @@ class _ConfirmedPool:
         slot: _Slot | None = None
         sent = False
         try:
-            try:
-                slot = self._idle.get_nowait()
-            except queue.Empty:
-                slot = self._open()
+            slot = self._take()
             slot.producer.publish(body, retry=False, timeout=self._timeout, **kwargs)
             sent = True
             on_sent()
@@ -131,17 +161,42 @@ class _ConfirmedPool:
                 "the broker refused (nacked) the message", sent=True, nacked=True
             ) from None
         except Exception as exc:
+            opened = slot is not None
             if slot is not None:
                 _close_quietly(slot)
                 slot = None
+            infrastructure = isinstance(exc, _INFRASTRUCTURE_ERRORS)
             raise PublishError(
-                f"publish not confirmed: {type(exc).__name__}: {exc}", sent=sent
+                f"publish not confirmed: {type(exc).__name__}: {exc}",
+                sent=sent,
+                refused=isinstance(exc, AMQPError),
+                # Only once a connection was there to write to: a failure to open one is the
+                # broker's, never the message's.
+                unpublishable=opened and not sent and not infrastructure,
             ) from exc
         else:
             self._idle.put(slot)
             slot = None
         finally:
             self._permits.release()
+
+    def _take(self) -> _Slot:
+        """An idle connection that is still good, else a new one."""
+        while True:
+            try:
+                slot = self._idle.get_nowait()
+            except queue.Empty:
+                return self._open()
+            if time.monotonic() - slot.used_at < PUBLISH_HEARTBEAT_SECONDS:
+                try:
+                    # Sends our heartbeat if one is due; raises if the broker's stopped coming.
+                    slot.connection.heartbeat_check()
+                    slot.used_at = time.monotonic()
+                    return slot
+                except Exception as exc:  # noqa: BLE001 - replaced below
+                    log.info("publish.connection_stale", error=type(exc).__name__)
+            # Idle past the heartbeat interval: the broker may have dropped it meanwhile.
+            _close_quietly(slot)
 
     def declare(self, entities: tuple[Any, ...]) -> None:
         with Connection(self._url, connect_timeout=self._timeout) as conn:
@@ -173,27 +228,44 @@ def _close_quietly(slot: _Slot) -> None:
 class RecordPublisher:
     """Records to the ``rapidly.enriched`` topic exchange on the downstream broker."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        observer: Callable[[PublishError | None], None] | None = None,
+    ):
         # Declared again on every new connection: the binding survives a broker that lost it.
         self._pool = _ConfirmedPool(
             url, timeout=timeout, size=pool_size, declare=DOWNSTREAM_BROKER_ENTITIES
         )
+        # Told of every confirmed publish (None) and every failure that is not the record's own:
+        # readiness follows the downstream broker's answers.
+        self._observer = observer
 
     def declare_topology(self) -> None:
         self._pool.declare(DOWNSTREAM_BROKER_ENTITIES)
 
     def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
         """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
-        self._pool.publish(
-            record.body,
-            on_sent=on_sent,
-            exchange=ENRICHED_EXCHANGE,
-            routing_key=record.routing_key,
-            serializer="json",  # content_type application/json, utf-8
-            delivery_mode=2,
-            message_id=record.event_id,
-            headers={"schema": record.schema},
-        )
+        try:
+            self._pool.publish(
+                record.body,
+                on_sent=on_sent,
+                exchange=ENRICHED_EXCHANGE,
+                routing_key=record.routing_key,
+                serializer="json",  # content_type application/json, utf-8
+                delivery_mode=2,
+                message_id=record.event_id,
+                headers={"schema": record.schema},
+            )
+        except PublishError as exc:
+            if self._observer is not None and not exc.unpublishable:
+                self._observer(exc)
+            raise
+        if self._observer is not None:
+            self._observer(None)
 
     def close(self) -> None:
         self._pool.close()

@@ -3,7 +3,12 @@
 Knows nothing of brokers or Celery.
 """
 
-from worker.rapidly._client import RapidlyClient, parse_retry_after, validate_event_id
+from worker.rapidly._client import (
+    RapidlyClient,
+    is_event_id,
+    parse_retry_after,
+    validate_event_id,
+)
 from worker.rapidly._models import ANCESTOR_FIELDS, Event, EventPage
 from worker.rapidly._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from worker.rapidly._store import ChildCounts, EventStore, RetryPolicy
@@ -19,6 +24,7 @@ __all__ = [
     "RateLimiter",
     "RedisRateLimiter",
     "RetryPolicy",
+    "is_event_id",
     "parse_retry_after",
     "validate_event_id",
 ]

@@ -3,12 +3,16 @@
 It knows nothing of brokers, caches or retries (see ``_store`` for those). One instance per
 process, created at boot and closed at shutdown; it is safe to share between threads/greenlets.
 
-    200 + JSON object      -> a typed model
-    200 + anything else    -> ApiUnavailable (transient: seen from proxies and during deploys)
+    200 + JSON object      -> a typed model, once it answers what was asked: a GET's ``id`` is
+                              the requested id, a child listing's children name the parent,
+                              ``meta`` counts are sane; anything else -> ApiUnavailable
+    200 + anything else    -> ApiUnavailable (transient: seen from proxies and during deploys);
+                              so is a body over ``max_body_bytes`` or nested too deep to parse
     3xx                    -> followed once if it stays on the same origin, else ConfigurationError
                               (the token is never sent to another host)
     401 / 403              -> ConfigurationError (the deployment's fault, not the event's)
     404 on GET             -> EventNotYetVisible (transient for a bounded time: replica lag)
+    404 on list            -> ConfigurationError (the list endpoint always exists: a wrong URL)
     422                    -> InvalidEventId on GET, UnexpectedResponse on list
     429                    -> RateLimited(retry_after) (empty body; seconds or an HTTP date)
     5xx, timeout, network  -> ApiUnavailable
@@ -18,8 +22,9 @@ process, created at boot and closed at shutdown; it is safe to share between thr
 from __future__ import annotations
 
 import email.utils
+import json
+import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -45,23 +50,32 @@ DEFAULT_MAX_CONNECTIONS = 50
 # Retry-After is seconds in practice; an absurd value must not park a worker for hours.
 MAX_RETRY_AFTER = 300.0
 LIST_PAGE_SIZE = 100  # the server clamps larger values to 100
+# A page of 100 events is tens of KiB; far more is a proxy's error page or a hostile answer, and
+# must not be read into memory whole.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 USER_AGENT = "rapidly-enrichment-worker/0.1"
 
 # Called after every HTTP exchange with (kind, status or error class, seconds); metrics hang here.
 Observer = Callable[[str, str, float], None]
 
 
+# The canonical 36-character hyphenated form only, any case, version 4, RFC 4122 variant.
+# uuid.UUID() also takes "urn:uuid:", braces and undashed hex, none of which is an event id.
+_UUID4_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
+)
+
+
+def is_event_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 36 and _UUID4_RE.match(value) is not None
+
+
 def validate_event_id(value: object) -> str:
-    """The canonical form of a UUID version 4, or InvalidEventId; never calls the API."""
-    if not isinstance(value, str) or len(value) > 64:
+    """The lower-case form of a UUID version 4, or InvalidEventId; never calls the API."""
+    if not is_event_id(value):
         raise InvalidEventId(value)
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidEventId(value) from None
-    if parsed.version != 4 or parsed.variant != uuid.RFC_4122:
-        raise InvalidEventId(value)
-    return str(parsed)
+    assert isinstance(value, str)
+    return value.lower()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
@@ -94,7 +108,9 @@ class RapidlyClient:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         transport: httpx.BaseTransport | None = None,
         observer: Observer | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        self._max_body = max_body_bytes
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         self._token = token
         self._limiter = limiter
@@ -126,11 +142,14 @@ class RapidlyClient:
             "get", f"api/events/{event_id}", None, event_id=event_id, still_needed=still_needed
         )
         try:
-            return Event.from_api(body)
+            event = Event.from_api(body)
         except ValidationError as exc:
             raise ApiUnavailable(
                 f"GET event {event_id}: body is not an event ({exc.error_count()} errors)"
             ) from None
+        if event.id.lower() != event_id:
+            raise ApiUnavailable(f"GET event {event_id}: the body is another event's")
+        return event
 
     def list_events(self, params: dict[str, Any], *, still_needed: StillNeeded = None) -> EventPage:
         body = self._request(
@@ -148,10 +167,14 @@ class RapidlyClient:
     ) -> EventPage:
         """Direct children of ``parent_id``: ``depth=1``, since without a depth the server
         ignores parent_id."""
-        return self.list_events(
+        result = self.list_events(
             {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page},
             still_needed=still_needed,
         )
+        wanted = parent_id.lower()
+        if any((child.parent_id or "").lower() != wanted for child in result.events):
+            raise ApiUnavailable(f"list children of {parent_id}: a child of another parent")
+        return result
 
     def check_token(self) -> None:
         """One cheap authenticated call; raises ConfigurationError if the token is rejected."""
@@ -175,9 +198,9 @@ class RapidlyClient:
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.monotonic()
         try:
-            response = self._http.get(url, params=params, headers=headers)
+            response, content = self._send(url, params, headers)
             if response.is_redirect:
-                response = self._follow_same_origin(response, headers)
+                response, content = self._follow_same_origin(response, headers)
         except httpx.TimeoutException:
             self._observe(kind, "timeout", started)
             raise ApiUnavailable(f"{kind} {path}: timed out") from None
@@ -185,11 +208,38 @@ class RapidlyClient:
             self._observe(kind, "network", started)
             raise ApiUnavailable(f"{kind} {path}: {type(exc).__name__}") from None
         self._observe(kind, str(response.status_code), started)
-        return self._interpret(kind, path, response, event_id=event_id)
+        if content is None:
+            raise ApiUnavailable(
+                f"{kind} {path}: body over {self._max_body} bytes",
+                status=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            )
+        return self._interpret(kind, path, response, content, event_id=event_id)
+
+    def _send(
+        self, url: httpx.URL, params: dict[str, Any] | None, headers: dict[str, str]
+    ) -> tuple[httpx.Response, bytes | None]:
+        """The response and its body, or None for a body over the cap (not read further)."""
+        request = self._http.build_request("GET", url, params=params, headers=headers)
+        response = self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_body:
+                return response, None
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self._max_body:
+                    return response, None
+                chunks.append(chunk)
+            return response, b"".join(chunks)
+        finally:
+            response.close()
 
     def _follow_same_origin(
         self, response: httpx.Response, headers: dict[str, str]
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, bytes | None]:
         location = response.headers.get("location", "")
         target = response.url.join(location)
         if (target.scheme, target.host, target.port) != (
@@ -203,18 +253,24 @@ class RapidlyClient:
                 status=response.status_code,
                 request_id=response.headers.get("x-request-id"),
             )
-        return self._http.get(target, headers=headers)
+        return self._send(target, None, headers)
 
     def _interpret(
-        self, kind: str, path: str, response: httpx.Response, *, event_id: str | None
+        self,
+        kind: str,
+        path: str,
+        response: httpx.Response,
+        content: bytes,
+        *,
+        event_id: str | None,
     ) -> dict[str, Any]:
         status = response.status_code
         request_id = response.headers.get("x-request-id")
         what = f"{kind} {path}"
         if status == 200:
             try:
-                body = response.json()
-            except ValueError:
+                body = json.loads(content)
+            except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
                 body = None
             if not isinstance(body, dict):
                 log.warning(
@@ -232,7 +288,7 @@ class RapidlyClient:
             return body
         log.info("api.error_status", kind=kind, status=status, request_id=request_id)
         if status in (401, 403):
-            detail = _error_code(response)
+            detail = _error_code(content)
             raise ConfigurationError(
                 f"API rejected the token ({detail}): check RAPIDLY_API_TOKEN and its scopes",
                 status=status,
@@ -240,6 +296,15 @@ class RapidlyClient:
             )
         if status == 404 and event_id is not None:
             raise EventNotYetVisible(event_id, request_id=request_id)
+        if status == 404:
+            # The list endpoint exists whatever the query: a 404 there means the base URL is
+            # wrong, and every GET's 404 would be taken for a missing event and dead-lettered.
+            raise ConfigurationError(
+                f"API answered 404 to {what}: check RAPIDLY_API_URL (the client calls "
+                f"{{RAPIDLY_API_URL}}/api/events/)",
+                status=status,
+                request_id=request_id,
+            )
         if status == 422 and event_id is not None:
             raise InvalidEventId(event_id)
         if status == 429:
@@ -259,10 +324,10 @@ class RapidlyClient:
             self._observer(kind, status, time.monotonic() - started)
 
 
-def _error_code(response: httpx.Response) -> str:
+def _error_code(content: bytes) -> str:
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
         return "no error code"
     if isinstance(body, dict):
         return str(body.get("error") or "no error code")[:64]

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 # The six fields an ancestor entry copies, exactly as the API sent them (CONTRACT.md section 2).
 ANCESTOR_FIELDS = ("id", "name", "source", "label", "timestamp", "parent_id")
+# More events than any workspace holds: a count past it is a broken answer, not a count (it would
+# otherwise become a record's child_count, or a page loop that never ends).
+MAX_LIST_TOTAL = 1_000_000_000
 
 
 class Event(BaseModel):
@@ -83,9 +86,16 @@ class EventPage(BaseModel):
             raise ValueError("list body has neither 'data' nor 'items'")
         if not isinstance(items, list):
             raise ValueError("list body's items are not a list")
-        return cls(
-            events=[Event.from_api(item) for item in items],
-            total=int(total),
-            page=int(page),
-            pages=int(pages),
-        )
+        counts = {"total": _count(total), "page": _count(page), "pages": _count(pages)}
+        if counts["total"] < 0 or counts["pages"] < 0 or counts["page"] < 1:
+            raise ValueError("list body's meta holds a negative count")
+        if counts["total"] > MAX_LIST_TOTAL or counts["pages"] > MAX_LIST_TOTAL:
+            raise ValueError("list body's meta holds an absurd count")
+        return cls(events=[Event.from_api(item) for item in items], **counts)
+
+
+def _count(value: object) -> int:
+    """An integer as JSON sends it: ``3``, not ``3.5``, ``"3"`` or ``true``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"list body's meta holds a {type(value).__name__}, not an integer")
+    return value

@@ -18,7 +18,6 @@ full jitter within an attempt and time budget; 404 is retried for a bounded wait
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import random
 import threading
@@ -39,7 +38,7 @@ from worker.errors import (
     RetriesExhausted,
     TransientError,
 )
-from worker.rapidly._client import RapidlyClient
+from worker.rapidly._client import RapidlyClient, is_event_id
 from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
 
@@ -51,6 +50,13 @@ T = TypeVar("T")
 # ``api_calls``); the service resets it per event.
 api_calls: contextvars.ContextVar[int] = contextvars.ContextVar("api_calls", default=0)
 
+# When the unit of work running in this context must be over (time.monotonic()); None: no bound.
+# A retry, backoff or replica-lag wait that would end past it is not started
+# (EventDeadlineExceeded): the message goes back to the queue instead of overstaying.
+event_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "event_deadline", default=None
+)
+
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
 
@@ -61,6 +67,20 @@ class RateLimitWaitTooLong(TransientError):
     def __init__(self, waited: float):
         self.waited = waited
         super().__init__(f"still rate limited after waiting {waited:.0f}s")
+
+
+class EventDeadlineExceeded(TransientError):
+    """The event used up EVENT_DEADLINE_SECONDS waiting on the API: requeued."""
+
+    def __init__(self, waited_for: str):
+        self.waited_for = waited_for
+        super().__init__(f"event deadline reached while waiting ({waited_for})")
+
+
+def _check_deadline(delay: float, what: str) -> None:
+    deadline = event_deadline.get()
+    if deadline is not None and time.monotonic() + delay > deadline:
+        raise EventDeadlineExceeded(what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +230,11 @@ class EventStore:
             log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
 
     def parent(self, event_id: str) -> Event | None:
-        """An ancestor (any cached copy will do); None when it stays 404 (not visible to us)."""
+        """An ancestor (any cached copy will do); None when it stays 404 (not visible to us) or
+        its id is not a UUID v4 (``""``, garbage, the nil UUID: no such event can exist, and
+        the chain is published incomplete rather than the event dead-lettered)."""
+        if not is_event_id(event_id):
+            return None
         entry = self._lookup(event_id)
         if entry is not None:
             return entry.event
@@ -502,6 +526,7 @@ class EventStore:
                 log.warning(
                     "api.rate_limited", retry_after=exc.retry_after, request_id=exc.request_id
                 )
+                _check_deadline(exc.retry_after, "rate limited")
                 policy.sleep(exc.retry_after + random.uniform(0, 0.1))  # noqa: S311
             except EventNotYetVisible:
                 not_found += 1
@@ -513,6 +538,7 @@ class EventStore:
                 delay = min(
                     policy.max_delay, 0.25 * 2 ** (not_found - 1), not_found_wait - lag_waited
                 )
+                _check_deadline(delay, "event not visible yet")
                 policy.sleep(delay)
                 lag_waited += delay
             except ApiUnavailable as exc:
@@ -521,6 +547,7 @@ class EventStore:
                 if failures >= policy.max_attempts or error_waited + delay > policy.budget_seconds:
                     raise RetriesExhausted(exc, attempts=failures, elapsed=error_waited) from None
                 log.info("api.retry", error=str(exc), attempt=failures, delay=round(delay, 3))
+                _check_deadline(delay, "API unavailable")
                 policy.sleep(delay)
                 error_waited += delay
 
@@ -603,9 +630,3 @@ def _parse_timestamp(text: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def namespace_for(token: str) -> str:
-    """A Redis namespace per token: caches and budgets are per workspace, and the key never
-    reveals the token."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]

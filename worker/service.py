@@ -36,6 +36,7 @@ LEASE_POLL_SECONDS = 1.0
 # publish it again. Holding the (unacknowledged) message and retrying is cheap in a greenlet, so
 # ride out a Redis restart or failover rather than give up after a second or two.
 COMPLETE_WAIT_SECONDS = 60.0
+COMPLETE_POLL_SECONDS = 0.02
 
 
 class DedupeUnavailable(TransientError):
@@ -153,19 +154,10 @@ class EnrichmentService:
         return True
 
     def _complete(self, lease: Lease) -> None:
-        """The record is confirmed: the done mark must land, or the redelivery republishes."""
-        waited, attempt = 0.0, 0
-        while True:
-            attempt += 1
-            try:
-                self._dedupe.complete(lease)
-                return
-            except Exception as exc:
-                if waited >= COMPLETE_WAIT_SECONDS:
-                    raise DedupeUnavailable(exc) from exc
-                delay = min(1.0, 0.1 * attempt)
-                self._sleep(delay)
-                waited += delay
+        """The record is confirmed: the done mark must land, or a redelivery republishes."""
+        error = self._until_stored(self._dedupe.complete, lease)
+        if error is not None:
+            raise DedupeUnavailable(error) from error
 
     def _lease(self, event_id: str) -> Lease | None:
         started = time.monotonic()
@@ -194,21 +186,26 @@ class EnrichmentService:
 
     def _release_reliably(self, lease: Lease) -> None:
         """The sent mark must go, or the redelivery would take an unconfirmed record for a
-        published one: retried like ``_complete``; past that, logged loudly (the record may then
-        be lost if the broker never routed it)."""
-        waited, attempt = 0.0, 0
+        published one; past ``COMPLETE_WAIT_SECONDS`` logged loudly (the record may then be lost
+        if the broker never routed it)."""
+        error = self._until_stored(self._dedupe.release, lease)
+        if error is not None:
+            log.error("dedupe.release_failed", event_id=lease.key, error=type(error).__name__)
+
+    def _until_stored(self, write: Callable[[Lease], None], lease: Lease) -> Exception | None:
+        """Retries ``write`` for up to ``COMPLETE_WAIT_SECONDS``; the last error if it never
+        landed. Polled often: while the store is down each attempt fails at once (connection
+        refused), and the moment it is back the write should land before anything else can
+        happen to this process (a kill in that gap means a second record)."""
+        started = time.monotonic()
         while True:
-            attempt += 1
             try:
-                self._dedupe.release(lease)
-                return
-            except Exception as exc:  # noqa: BLE001 - retried, then reported
-                if waited >= COMPLETE_WAIT_SECONDS:
-                    log.error("dedupe.release_failed", event_id=lease.key, error=type(exc).__name__)
-                    return
-                delay = min(1.0, 0.1 * attempt)
-                self._sleep(delay)
-                waited += delay
+                write(lease)
+                return None
+            except Exception as exc:  # noqa: BLE001 - retried, then handed to the caller
+                if time.monotonic() - started >= COMPLETE_WAIT_SECONDS:
+                    return exc
+                self._sleep(COMPLETE_POLL_SECONDS)
 
     def _release_quietly(self, lease: Lease) -> None:
         try:

@@ -300,7 +300,7 @@ class EventStore:
             return False  # not visible to us (parent_not_found): nothing to list
         parent_id = parent.event.id
         family = self._known_descendants(parent_id)
-        small = family is not None and family <= LIST_PAGE_SIZE
+        small = family is not None and family <= self._sibling_window
         if small and self._known_counts(parent_id) is not None:
             return False  # listed already: had this event been in it, its count would be known
         wide = (family is not None and not small) or self._known_wide(parent_id)

@@ -252,6 +252,8 @@ class EventStore:
         """The event's own counts when no window answered them: one call for a wide event whose
         descendants a list response told us, else its children listed."""
         known = self._known_counts(event.id)
+        if known is None and self._await_flight(f"family:{event.id}"):
+            known = self._known_counts(event.id)  # a child's listing of the whole family
         if known is not None:
             return known
         descendants = self._known_descendants(event.id)
@@ -299,14 +301,15 @@ class EventStore:
         if parent is None:
             return False  # not visible to us (parent_not_found): nothing to list
         parent_id = parent.event.id
+        # A listing in flight (the parent's own, a sibling's window, a read-ahead) may well
+        # hold this event.
+        if self._await_lists() and self._known_descendants(event.id) is not None:
+            return self._known_leaf(event.id)
         family = self._known_descendants(parent_id)
         small = family is not None and family <= self._sibling_window
         if small and self._known_counts(parent_id) is not None:
             return False  # listed already: had this event been in it, its count would be known
         wide = (family is not None and not small) or self._known_wide(parent_id)
-        # A listing in flight (a sibling's window, its read-ahead) may well hold this event.
-        if self._await_lists() and self._known_descendants(event.id) is not None:
-            return self._known_leaf(event.id)
         try:
             if not wide and self._collapse(
                 f"family:{parent_id}", lambda: self._list_family(parent.event)
@@ -439,6 +442,13 @@ class EventStore:
         for flight in waiting:
             flight.done.wait()
         return bool(waiting)
+
+    def _await_flight(self, key: str) -> bool:
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is not None:
+            flight.done.wait()
+        return flight is not None
 
     def _fetch_root_window(self, at: datetime) -> None:
         start = (at - timedelta(microseconds=1)).isoformat().replace("+00:00", "Z")

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-DATASETS = ("default", "bench", "hostile")
+DATASETS = ("default", "bench", "hostile", "fanout")
 
 # Fields that cannot change once the server listens.
 STARTUP_ONLY = frozenset({"host", "port"})

@@ -1237,15 +1237,55 @@ def _add_bench(b: _Builder, size: int) -> None:
         b.system_event("customer.created", cust)
 
 
+FANOUT_SPAN_US = 600 * 1_000_000  # the wide parent's children span ten minutes
+
+
+def _add_fanout(b: _Builder, children: int) -> None:
+    """One wide parent: a ``batch.started`` user event under a customer's ``customer.created``,
+    with ``children`` ``batch.item`` children spread over ten minutes in time order (distinct
+    microsecond timestamps); one child in 500 has a grandchild, so not every child is a leaf."""
+    customer = b.add_customer(simple=True)
+    root = b.system_event("customer.created", customer, tags=("fanout", "fanout_root"))
+    b.advance(1, 2)
+    parent = b.user_event(
+        customer, name="batch.started", parent_id=root, tags=("fanout", "fanout_parent")
+    )
+    start = b.now + 1_000_000
+    step = max(1, FANOUT_SPAN_US // max(1, children))
+    for i in range(children):
+        at = start + i * step + b.rng.randrange(step)
+        child = b.user_event(
+            customer,
+            name="batch.item",
+            parent_id=parent,
+            metadata={"item": i},
+            ts=at,
+            tags=("fanout", "fanout_child"),
+        )
+        if i % 500 == 499:
+            b.user_event(
+                customer,
+                name="batch.item.retry",
+                parent_id=child,
+                metadata={"item": i},
+                ts=start + FANOUT_SPAN_US + i,
+                tags=("fanout", "fanout_grandchild"),
+            )
+    b.now = start + FANOUT_SPAN_US * 2
+
+
 def build_dataset(name: str = "default", seed: int = 42, bench_size: int = 2000) -> Dataset:
     """Build one of the datasets: ``"default"`` (a few hundred nasty events),
-    ``"bench"`` (``bench_size`` producer-like events) or ``"hostile"`` (default plus a
-    10,000-event chain and more broken links). Deterministic for a given seed."""
-    if name not in ("default", "bench", "hostile"):
+    ``"bench"`` (``bench_size`` producer-like events), ``"hostile"`` (default plus a
+    10,000-event chain and more broken links) or ``"fanout"`` (one parent with
+    ``bench_size`` children). Deterministic for a given seed."""
+    if name not in ("default", "bench", "hostile", "fanout"):
         raise ValueError(f"unknown dataset {name!r}")
     builder = _Builder(name, seed)
     if name == "bench":
         _add_bench(builder, bench_size)
+    elif name == "fanout":
+        _add_fanout(builder, bench_size)
     else:
         _add_default(builder)
         if name == "hostile":

@@ -5,6 +5,10 @@ Redis when ``REDIS_URL`` is set (shared by the fleet), then from the API. Concur
 key collapse into one call. List responses carry full events with their descendant counts; the
 children they return are cached too, so enriching them later costs no call.
 
+Windows: producers send IDs roughly in time order, so one list call in time order from an event
+on (root events, or one parent's children) answers for the events after it as well. A parent with
+more children than one page is never paged through for a child's sake (docs/fanout.md).
+
 Freshness (the README repeats this): an ancestor's six fields never change, so any cached copy is
 used. The enriched event itself is used from cache only if fetched within ``event_max_age`` (its
 ``customer`` is the live customer). Child counts are reused for ``counts_max_age``; the server's
@@ -38,9 +42,10 @@ from worker.errors import (
     RetriesExhausted,
     TransientError,
 )
-from worker.rapidly._client import RapidlyClient, is_event_id
+from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient, is_event_id
 from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
+from worker.rapidly._windows import direct_count_params, family_params, sibling_window_params
 
 log = structlog.get_logger()
 
@@ -153,6 +158,7 @@ class _Window:
     full: bool
     size: int
     read_ahead: bool = False
+    parent_id: str | None = None  # a window over this parent's children; None: root events
 
 
 class _Flight:
@@ -179,6 +185,7 @@ class EventStore:
         redis_ttl: int = 86_400,
         clock: Callable[[], float] = time.time,
         root_window: int = 100,
+        sibling_window: int = LIST_PAGE_SIZE,  # children per window, 1..100
     ) -> None:
         self._client = client
         self._policy = policy or RetryPolicy()
@@ -195,6 +202,10 @@ class EventStore:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._root_window = root_window
+        self._sibling_window = sibling_window
+        # Parents seen with more children than one page (id -> when): their children are read
+        # in windows, their family's first page is not asked again. Bounded like the LRU.
+        self._wide: OrderedDict[str, float] = OrderedDict()
 
     # --- what the enrichment asks for
 
@@ -221,11 +232,15 @@ class EventStore:
             if window.read_ahead:
                 return
             window.read_ahead = True
-        threading.Thread(target=self._read_ahead, args=(window.last_at,), daemon=True).start()
+        threading.Thread(target=self._read_ahead, args=(window,), daemon=True).start()
 
-    def _read_ahead(self, at: datetime) -> None:
+    def _read_ahead(self, window: _Window) -> None:
+        at = window.last_at
         try:
-            self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+            if window.parent_id is None:
+                self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+            else:
+                self._sibling_window_at(window.parent_id, at)
         except Exception as exc:  # noqa: BLE001 - an optimisation: the events will be fetched anyway
             log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -255,7 +270,28 @@ class EventStore:
                 return ChildCounts(0, 0)
         elif event.parent_id != event.id and self._from_siblings(event):
             return ChildCounts(0, 0)
+        return self._resolve_counts(event)
+
+    def _resolve_counts(self, event: Event) -> ChildCounts:
+        """The event's own counts when no window answered them: one call for a wide event whose
+        descendants a list response told us, else its children listed."""
+        known = self._known_counts(event.id)
+        if known is None and self._await_flight(f"family:{event.id}"):
+            known = self._known_counts(event.id)  # a child's listing of the whole family
+        if known is not None:
+            return known
+        descendants = self._known_descendants(event.id)
+        if descendants is not None and descendants > LIST_PAGE_SIZE:
+            return self._collapse(
+                f"direct:{event.id}", lambda: self._count_direct(event, descendants)
+            )
         return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+
+    def _known_descendants(self, event_id: str) -> int | None:
+        entry = self._lookup(event_id)
+        if entry is None or self._clock() - entry.counted_at > self._counts_max_age:
+            return None
+        return entry.descendants
 
     def _known_counts(self, event_id: str) -> ChildCounts | None:
         entry = self._lookup(event_id)
@@ -304,20 +340,37 @@ class EventStore:
         return self._known_counts(event_id) == ChildCounts(0, 0)
 
     def _from_siblings(self, event: Event) -> bool:
-        """List the parent's children instead of the event's own: the same one call tells
-        whether this event has descendants (most have none), caches its siblings whole with
-        their counts, and gives the parent its own counts for when it is enriched."""
+        """True if a listing of the parent's children shows ``event`` without descendants.
+
+        Most children have none; one list call of the parent's children, oldest first, tells,
+        and caches the siblings whole with their counts. When that page holds the whole family
+        it gives the parent its own counts too; a wider family is never paged through: the
+        page is the first window over it, and a child beyond it gets a window from itself on.
+        A child missing from every listing (user events reach ``depth`` lists seconds late) is
+        not taken as absent: its own children are listed instead.
+        """
         parent = self._lookup(str(event.parent_id))
         if parent is None:
             return False  # not visible to us (parent_not_found): nothing to list
-        if self._known_counts(parent.event.id) is not None:
+        parent_id = parent.event.id
+        # A listing in flight (the parent's own, a sibling's window, a read-ahead) may well
+        # hold this event.
+        if self._await_lists() and self._known_descendants(event.id) is not None:
+            return self._known_leaf(event.id)
+        family = self._known_descendants(parent_id)
+        small = family is not None and family <= self._sibling_window
+        if small and self._known_counts(parent_id) is not None:
             return False  # listed already: had this event been in it, its count would be known
+        wide = (family is not None and not small) or self._known_wide(parent_id)
         try:
-            self._collapse(
-                f"children:{parent.event.id}", lambda: self._count_children(parent.event)
-            )
-        except TransientError:
-            return False
+            if not wide and self._collapse(
+                f"family:{parent_id}", lambda: self._list_family(parent.event)
+            ):
+                return self._known_leaf(event.id)  # the whole family: no window can say more
+            if self._known_descendants(event.id) is None:
+                self._sibling_window_at(parent_id, _parse_timestamp(event.timestamp))
+        except (TransientError, ValueError):
+            return False  # the children listing will retry with its own budget
         return self._known_leaf(event.id)
 
     # --- for producers that page the list endpoint themselves (``rapidly-worker backfill``)
@@ -342,6 +395,91 @@ class EventStore:
     def count_children(self, event: Event) -> ChildCounts:
         """List ``event``'s direct children now (cached with their counts, the event's too)."""
         return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+
+    def _list_family(self, parent: Event) -> bool:
+        """The first page of ``parent``'s children, oldest first, cached; True when it holds the
+        whole family (the parent's own counts are then cached too)."""
+        size = self._sibling_window
+        page = self._retrying(lambda: self._client.list_events(family_params(parent.id, size)))
+        now = self._clock()
+        children = _children_of(parent.id, page.events)
+        whole = page.total <= len(page.events)
+        window = _Window(
+            last_at=_parse_timestamp(children[-1].timestamp) if children else _EPOCH,
+            full=not whole,
+            size=len(children),
+            parent_id=parent.id,
+        )
+        entries = [
+            _Entry(Event.from_api(e.as_get()), now, e.child_count, now, window=window, position=i)
+            for i, e in enumerate(children)
+        ]
+        if not whole:
+            with self._lock:
+                self._wide[parent.id] = now
+                self._wide.move_to_end(parent.id)
+                while len(self._wide) > max(1, self._max_events // LIST_PAGE_SIZE):
+                    self._wide.popitem(last=False)
+        else:
+            direct = max(page.total, len(children))
+            descendants = max(direct, sum(1 + e.child_count for e in children))
+            entries.append(
+                _Entry(parent, self._entry_time(parent.id, now), descendants, now, direct)
+            )
+        self._remember(entries)
+        return whole
+
+    def _known_wide(self, parent_id: str) -> bool:
+        with self._lock:
+            since = self._wide.get(parent_id)
+        return since is not None and self._clock() - since <= self._counts_max_age
+
+    # --- sibling windows: one list call answers for the next ``sibling_window`` children
+
+    def _sibling_window_at(self, parent_id: str, at: datetime) -> None:
+        self._collapse(
+            f"siblings:{parent_id}:{at.isoformat()}",
+            lambda: self._fetch_sibling_window(parent_id, at),
+        )
+
+    def _fetch_sibling_window(self, parent_id: str, at: datetime) -> None:
+        """``parent_id``'s children from ``at`` on, in time order, each with its descendant
+        count; cached like a root window's events, read ahead the same way."""
+        params = sibling_window_params(parent_id, at, self._sibling_window)
+        page = self._retrying(lambda: self._client.list_events(params))
+        now = self._clock()
+        children = _children_of(parent_id, page.events)
+        if not children:
+            return
+        window = _Window(
+            last_at=_parse_timestamp(children[-1].timestamp),
+            full=len(page.events) >= self._sibling_window,
+            size=len(children),
+            parent_id=parent_id,
+        )
+        self._remember(
+            [
+                _Entry(
+                    Event.from_api(e.as_get()), now, e.child_count, now, window=window, position=i
+                )
+                for i, e in enumerate(children)
+            ]
+        )
+
+    def _count_direct(self, event: Event, descendants: int) -> ChildCounts:
+        """A wide event's direct count: ``meta.total`` of a one-item page of its children, one
+        call instead of every page (its descendants came with a list response already)."""
+        page = self._retrying(
+            lambda: self._client.list_events(direct_count_params(event.id)),
+        )
+        direct = page.total
+        now = self._clock()
+        # Counts are eventually consistent: a total read later may exceed the older sum.
+        counts = ChildCounts(direct, max(descendants, direct))
+        self._remember(
+            [_Entry(event, self._entry_time(event.id, now), counts.descendants, now, direct)]
+        )
+        return counts
 
     # --- root windows: one list call answers for the next ``root_window`` root events
 
@@ -379,6 +517,13 @@ class EventStore:
         for flight in waiting:
             flight.done.wait()
         return bool(waiting)
+
+    def _await_flight(self, key: str) -> bool:
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is not None:
+            flight.done.wait()
+        return flight is not None
 
     def _fetch_root_window(self, at: datetime) -> None:
         start = (at - timedelta(microseconds=1)).isoformat().replace("+00:00", "Z")
@@ -422,7 +567,7 @@ class EventStore:
             if self._known_counts(parent.id) is not None:
                 continue
             try:
-                self._collapse(f"children:{parent.id}", lambda p=parent: self._count_children(p))  # type: ignore[misc]
+                self._resolve_counts(parent)
             except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them anyway
                 log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
                 return
@@ -623,6 +768,23 @@ class EventStore:
     def cached_count(self) -> int:
         with self._lock:
             return len(self._lru)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _children_of(parent_id: str, events: list[Event]) -> list[Event]:
+    """The listed children of ``parent_id``, each once (a list without a tie-breaker may repeat
+    an event). A listed child of another parent means the answer is not what was asked: an
+    invalid response (retried), never a count."""
+    unique: dict[str, Event] = {}
+    wanted = parent_id.lower()
+    for event in events:
+        if (event.parent_id or "").lower() != wanted:
+            raise ApiUnavailable(f"list children of {parent_id}: a child of another parent")
+        if event.id != parent_id:
+            unique.setdefault(event.id, event)
+    return list(unique.values())
 
 
 def _parse_timestamp(text: str) -> datetime:

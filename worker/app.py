@@ -30,13 +30,14 @@ from worker.errors import (
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
-from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME
+from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, EVENTS_QUEUE, EVENTS_QUEUE_NAME
 from worker.rapidly._store import api_calls
 from worker.settings import Settings
 
 log = structlog.get_logger()
 
 TASK_NAME = "events.enrich"
+CUSTOMER_TASK_NAME = ENRICH_CUSTOMER_TASK_NAME
 # Back-off before a message goes back to the queue for a reason that is not its own
 # (downstream broker down, dedupe store down): avoids a hot redelivery loop.
 REQUEUE_DELAY_SECONDS = 2.0
@@ -89,7 +90,8 @@ def configure(settings: Settings) -> Celery:
         },
         rapidly_settings=settings,
     )
-    import tasks.enrich  # noqa: F401, PLC0415 - registers events.enrich, explicitly
+    import tasks.enrich  # noqa: PLC0415 - registers events.enrich, explicitly
+    import tasks.enrich_customer  # noqa: F401, PLC0415 - and events.enrich_customer
 
     return app
 
@@ -155,6 +157,13 @@ class EnrichTask(Task[Any, Any]):
     typing = False  # arguments are checked here, so a bad message is dead-lettered, not crashed
     throws = (DeadLetter,)  # expected outcomes: logged without a traceback
 
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, str], tuple[Any, ...]]:
+        """(log context, arguments for ``run``); InvalidMessage when the message has others."""
+        event_id = _event_id_from(args, kwargs)
+        return {"event_id": str(event_id)[:64]}, (event_id,)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
         settings = rt.settings
@@ -162,13 +171,13 @@ class EnrichTask(Task[Any, Any]):
         api_calls.set(0)
         summary: dict[str, Any] = {}
         try:
-            event_id = _event_id_from(args, kwargs)
-            structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
+            context, run_args = self.arguments(args, kwargs)
+            structlog.contextvars.bind_contextvars(**context)
             if not auth_gate.admit(settings.auth_retry_seconds):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
-            outcome = self.run(event_id)
+            outcome = self.run(*run_args)
             if auth_gate.accept():
                 log.info("worker.api_accepts_token")
             rt.api_accepted()
@@ -217,6 +226,27 @@ class EnrichTask(Task[Any, Any]):
                 duration_ms=round(duration * 1000, 1),
                 **summary,
             )
+
+
+class CustomerEventTask(EnrichTask):
+    """``events.enrich_customer``: the same mapping; two arguments, the webhook's type and
+    the customer id."""
+
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, str], tuple[Any, ...]]:
+        if len(args) == 2 and not kwargs:
+            name, customer_id = args
+        elif not args and set(kwargs) == {"event_name", "customer_id"}:
+            name, customer_id = kwargs["event_name"], kwargs["customer_id"]
+        else:
+            raise InvalidMessage(
+                "invalid_arguments",
+                f"expected two arguments, the event name and the customer id; got {len(args)} "
+                f"positional and keywords {sorted(kwargs)[:5]}",
+            )
+        context = {"event_name": str(name)[:64], "customer_id": str(customer_id)[:64]}
+        return context, (name, customer_id)
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -405,6 +435,8 @@ def _boot(sender: Any = None, **_: Any) -> None:
     # every task would build a fresh DisabledBackend (a few % of the CPU in profiles). Results are
     # ignored, so one backend object is shared.
     app.tasks[TASK_NAME].backend = app.backend
+    if CUSTOMER_TASK_NAME in app.tasks:
+        app.tasks[CUSTOMER_TASK_NAME].backend = app.backend
     metrics.serve(settings.metrics_port)
     rt.start()
     _stop_heartbeat.clear()
@@ -452,4 +484,4 @@ def _clear_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-__all__ = ["TASK_NAME", "EnrichTask", "app", "configure"]
+__all__ = ["CUSTOMER_TASK_NAME", "TASK_NAME", "CustomerEventTask", "EnrichTask", "app", "configure"]

@@ -1,12 +1,18 @@
 """Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
 
-from worker.publishing._publisher import DeadLetterPublisher, PublishError, RecordPublisher
+from worker.publishing._publisher import (
+    DeadLetterPublisher,
+    PublishError,
+    RecordPublisher,
+    TaskPublisher,
+)
 from worker.publishing._topology import (
     CUSTOMER_CREATED_QUEUE,
     CUSTOMER_CREATED_QUEUE_NAME,
     CUSTOMER_CREATED_ROUTING_KEY,
     DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_NAME,
+    ENRICH_CUSTOMER_TASK_NAME,
     ENRICHED_EXCHANGE,
     ENRICHED_EXCHANGE_NAME,
     EVENTS_QUEUE,
@@ -21,9 +27,11 @@ __all__ = [
     "DEAD_LETTER_QUEUE_NAME",
     "ENRICHED_EXCHANGE",
     "ENRICHED_EXCHANGE_NAME",
+    "ENRICH_CUSTOMER_TASK_NAME",
     "EVENTS_QUEUE",
     "EVENTS_QUEUE_NAME",
     "DeadLetterPublisher",
     "PublishError",
     "RecordPublisher",
+    "TaskPublisher",
 ]

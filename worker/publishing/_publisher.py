@@ -25,6 +25,8 @@ from worker.publishing._topology import (
     DEAD_LETTER_QUEUE_NAME,
     DOWNSTREAM_BROKER_ENTITIES,
     ENRICHED_EXCHANGE,
+    EVENTS_QUEUE,
+    EVENTS_QUEUE_NAME,
     INPUT_BROKER_ENTITIES,
 )
 
@@ -246,4 +248,42 @@ class DeadLetterPublisher:
         self._pool.close()
 
 
-__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher"]
+class TaskPublisher:
+    """Celery task messages to ``rapidly.events`` on the input broker (the webhook ingress).
+
+    The caller builds the message exactly as ``Celery.send_task`` would (headers, body,
+    properties); this sends it the way send_task routes a queue on a direct exchange (the default
+    exchange, routing key = queue name) and returns once the broker confirmed it.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE):
+        self._url = url
+        self._timeout = timeout
+        # Declared on every new connection, as send_task declares the queue it routes to.
+        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=(EVENTS_QUEUE,))
+
+    def publish(self, body: Any, *, headers: dict[str, Any], properties: dict[str, Any]) -> None:
+        self._pool.publish(
+            body,
+            exchange="",
+            routing_key=EVENTS_QUEUE_NAME,
+            serializer="json",
+            delivery_mode=2,
+            headers=headers,
+            **properties,
+        )
+
+    def probe(self) -> None:
+        """Raises unless a new connection to the broker opens now (readiness)."""
+        connection = Connection(self._url, connect_timeout=self._timeout, heartbeat=0)
+        try:
+            connection.ensure_connection(max_retries=1)
+            connection.channel().close()  # type: ignore[attr-defined]  # kombu's stub lacks it
+        finally:
+            connection.release()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher", "TaskPublisher"]

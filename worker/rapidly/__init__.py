@@ -3,7 +3,12 @@
 Knows nothing of brokers or Celery.
 """
 
-from worker.rapidly._client import RapidlyClient, parse_retry_after, validate_event_id
+from worker.rapidly._client import (
+    RapidlyClient,
+    parse_retry_after,
+    validate_customer_id,
+    validate_event_id,
+)
 from worker.rapidly._models import ANCESTOR_FIELDS, Event, EventPage
 from worker.rapidly._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from worker.rapidly._store import ChildCounts, EventStore, RetryPolicy
@@ -20,5 +25,6 @@ __all__ = [
     "RedisRateLimiter",
     "RetryPolicy",
     "parse_retry_after",
+    "validate_customer_id",
     "validate_event_id",
 ]

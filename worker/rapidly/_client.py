@@ -31,6 +31,7 @@ from worker.errors import (
     ApiUnavailable,
     ConfigurationError,
     EventNotYetVisible,
+    InvalidCustomerId,
     InvalidEventId,
     RateLimited,
     UnexpectedResponse,
@@ -62,6 +63,16 @@ def validate_event_id(value: object) -> str:
     if parsed.version != 4 or parsed.variant != uuid.RFC_4122:
         raise InvalidEventId(value)
     return str(parsed)
+
+
+def validate_customer_id(value: object) -> str:
+    """The canonical form of a customer's UUID (any version), or InvalidCustomerId."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidCustomerId(value)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidCustomerId(value) from None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
@@ -151,6 +162,20 @@ class RapidlyClient:
         return self.list_events(
             {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page},
             still_needed=still_needed,
+        )
+
+    def newest_system_event(self, name: str, customer_id: str) -> EventPage:
+        """The customer's newest root system event named ``name``, with its descendant count
+        (``child_count`` of a list result): one call, no GET needed afterwards."""
+        return self.list_events(
+            {
+                "name": name,
+                "source": "system",
+                "customer_id": customer_id,
+                "depth": 0,
+                "sorting": "-timestamp",
+                "limit": 1,
+            }
         )
 
     def check_token(self) -> None:

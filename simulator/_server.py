@@ -1010,6 +1010,10 @@ class SimulatorHandle:
         """Change knobs at runtime (same rules as ``POST /_sim/config``)."""
         return self._call(lambda: self.simulator.update_config(knobs))  # type: ignore[no-any-return]
 
+    def add_system_event(self, name: str, customer_id: str) -> dict[str, Any]:
+        """A system event of the customer from now on (``POST /_sim/system_events``)."""
+        return self._call(lambda: self.simulator.add_system_event(name, customer_id))  # type: ignore[no-any-return]
+
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped:
             return

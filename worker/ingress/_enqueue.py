@@ -42,6 +42,7 @@ class Enqueuer:
         self._publisher = TaskPublisher(
             broker_url, timeout=BROKER_TIMEOUT_SECONDS, pool_size=publishers
         )
+        self._publishers = publishers
         self._executor = ThreadPoolExecutor(publishers, thread_name_prefix="publish")
         self._probe_executor = ThreadPoolExecutor(1, thread_name_prefix="probe")
         # Only builds messages; never connects (no broker configured on it).
@@ -80,15 +81,22 @@ class Enqueuer:
             raise BrokerUnavailable(str(exc)) from None
         return task_id
 
+    def warm_up(self) -> None:
+        """Blocking: what the first webhooks would otherwise pay for, done before they come
+        (Celery builds its message machinery lazily; every pooled connection is opened)."""
+        self.message(["customer.created", "00000000-0000-0000-0000-000000000000"])
+        self._publisher.prefill(self._publishers)
+
     def _send(self, body: Any, headers: dict[str, Any], properties: dict[str, Any]) -> None:
         try:
             self._publisher.publish(body, headers=headers, properties=properties)
         except PublishError as exc:
-            # A pooled connection the broker closed while idle fails once; the pool has thrown
-            # it away, so one more try on a fresh connection tells a dead broker from a stale
-            # socket. (A copy the broker may hold from the first try is deduplicated by the
-            # worker: the record is per event id.)
+            # Pooled connections the broker closed while idle (a restart, a failover) fail on
+            # first use: drop them all, and one more try on a fresh connection tells a dead
+            # broker from stale sockets. (A copy the broker may hold from the first try is
+            # deduplicated by the worker: the record is per event id.)
             log.info("webhook.publish_retry", error=str(exc))
+            self._publisher.discard_idle()
             self._publisher.publish(body, headers=headers, properties=properties)
 
     async def ready(self) -> bool:

@@ -58,6 +58,8 @@ class Ingress:
         self._pending: dict[str, asyncio.Future[int]] = {}
         self._slots = asyncio.Semaphore(max_in_flight)
         self.stopping = False
+        self.warm = False
+        self._warming: asyncio.Task[None] | None = None
 
     def application(self) -> web.Application:
         # The limit is enforced while reading (a chunked body has no Content-Length to check).
@@ -66,6 +68,7 @@ class Ingress:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -143,8 +146,9 @@ class Ingress:
                 except BrokerUnavailable as exc:
                     fields["reason"] = str(exc)[:200]
                     return 503, "unavailable"
-                metrics.ENQUEUE_SECONDS.observe(time.monotonic() - enqueue_started)
-                fields["task_id"] = task_id
+                enqueue_seconds = time.monotonic() - enqueue_started
+                metrics.ENQUEUE_SECONDS.observe(enqueue_seconds)
+                fields.update(task_id=task_id, enqueue_ms=round(enqueue_seconds * 1000, 2))
                 await self._seen.mark(webhook_id)
                 status = 202
                 return 202, "accepted"
@@ -158,7 +162,7 @@ class Ingress:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ok = not self.stopping and await self._enqueuer.ready()
+        ok = self.warm and not self.stopping and await self._enqueuer.ready()
         metrics.BROKER_READY.set(1 if ok else 0)
         return web.json_response(
             {"status": "ok" if ok else "broker unreachable"}, status=200 if ok else 503
@@ -171,11 +175,32 @@ class Ingress:
 
     # --- lifecycle
 
+    async def _on_startup(self, app: web.Application) -> None:
+        # In the background: the port opens at once (liveness), readiness waits for this.
+        self._warming = asyncio.create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        while not self.stopping:
+            try:
+                await loop.run_in_executor(None, self._enqueuer.warm_up)
+                await self._seen.seen("warm-up")
+            except Exception as exc:  # noqa: BLE001 - retried; webhooks are served meanwhile
+                log.warning("web.warm_up_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(2.0)
+                continue
+            self.warm = True
+            log.info("web.warm", duration_ms=round((time.monotonic() - started) * 1000, 1))
+            return
+
     async def _on_shutdown(self, app: web.Application) -> None:
         self.stopping = True
         log.info("web.stopping")
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
         await asyncio.get_running_loop().run_in_executor(None, self._enqueuer.close)
         await self._seen.close()
         log.info("web.stopped")

@@ -142,6 +142,20 @@ class _ConfirmedPool:
         finally:
             self._permits.release()
 
+    def prefill(self, count: int) -> None:
+        """Open ``count`` connections now (at most the pool's size), so that the first publishes
+        do not each pay for a connection, a channel and the declarations."""
+        opened = []
+        try:
+            for _ in range(count):
+                if not self._permits.acquire(blocking=False):
+                    break
+                opened.append(True)
+                self._idle.put(self._open())
+        finally:
+            for _ in opened:
+                self._permits.release()
+
     def declare(self, entities: tuple[Any, ...]) -> None:
         with Connection(self._url, connect_timeout=self._timeout) as conn:
             conn.ensure_connection(max_retries=3)
@@ -272,6 +286,15 @@ class TaskPublisher:
             headers=headers,
             **properties,
         )
+
+    def prefill(self, count: int) -> None:
+        """Open up to ``count`` pooled connections now (a process's first webhooks)."""
+        self._pool.prefill(count)
+
+    def discard_idle(self) -> None:
+        """Close every idle connection: after one failed, the broker most likely restarted (or
+        its vhost went away) under all of them."""
+        self._pool.close()
 
     def probe(self) -> None:
         """Raises unless a new connection to the broker opens now (readiness)."""

@@ -6,7 +6,9 @@ line) on the given RabbitMQ vhost and Redis DB, creates N new customers with the
 customer at a steady rate and prints: how many were answered 202, how many customer-created
 records arrived (one each, no duplicate), the webhook-to-record latency (p50/p99, from the
 request's start to the record's arrival) and the ingress's response time (p50/p99, measured
-by the client). Not timed in any test: figures on a shared machine are noisy.
+by the client and by the ingress's own log line) and the web process's CPU time per webhook.
+``--ingress-only`` runs no worker: the ingress's figures without a worker competing for CPU.
+Not timed in any test: figures on a shared machine are noisy.
 
 Only the vhost and the Redis DB given are touched (queues purged, DB flushed).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -28,11 +31,13 @@ from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 from standardwebhooks import Webhook
 
 from bench._infra import (
     RecordCollector,
     WorkerProcess,
+    exclusive,
     flush_redis,
     reset_broker,
 )
@@ -45,7 +50,7 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))  # nearest rank
     return ordered[index]
 
 
@@ -55,13 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="webhooks per second")
     parser.add_argument(
         "--amqp-url",
-        default=os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/bench"),
+        default=os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/bench_webhooks"),
     )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        "--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    )
+    parser.add_argument(
+        "--ingress-only",
+        action="store_true",
+        help="no worker: the ingress's own response times, without a worker competing for CPU",
     )
     args = parser.parse_args(argv)
 
+    # Purges and flushes below: never two runs on one vhost and Redis DB at once.
+    with exclusive(
+        args.amqp_url, args.redis_url, timeout=600, on_wait=lambda m: print(m, file=sys.stderr)
+    ):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     ensure_vhost(args.amqp_url)
     reset_broker(args.amqp_url)
     flush_redis(args.redis_url)
@@ -94,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         collector.start()
         collector.ready.wait(30)
-        worker.start()
+        if not args.ingress_only:
+            worker.start()
         web.start()
-        worker.wait_ready()
+        if not args.ingress_only:
+            worker.wait_ready()
         url = f"http://127.0.0.1:{port}"
         _wait_up(url, web)
         print(f"logs in {tmp}; creating {args.count} customers in the simulator", file=sys.stderr)
@@ -106,19 +126,34 @@ def main(argv: list[str] | None = None) -> int:
             )["event"]["id"]
             for customer in (str(uuid.uuid4()) for _ in range(args.count))
         }
+        cpu_before = _cpu_seconds(web)
         results = _fire(url, list(event_of), args.rate)
-        deadline = time.monotonic() + 120
+        web_cpu = _cpu_seconds(web) - cpu_before
+        deadline = time.monotonic() + (0 if args.ingress_only else 120)
         wanted = set(event_of.values())
         while time.monotonic() < deadline and not wanted <= set(collector.first_arrival):
             time.sleep(0.2)
-        time.sleep(2.0)  # late duplicates, should there be any
-        report(args, results, event_of, collector, _server_ms(web))
+        if not args.ingress_only:
+            time.sleep(2.0)  # late duplicates, should there be any
+        report(args, results, event_of, collector, _server_ms(web), web_cpu)
     finally:
         collector.stop()
         web.stop(30)
         worker.stop(60)
         sim.stop()
     return 0
+
+
+def _cpu_seconds(web: WorkerProcess) -> float:
+    """CPU time of the web process tree (user + system): a figure the shared machine's noise
+    does not inflate the way it inflates latencies."""
+    assert web.proc is not None
+    root = psutil.Process(web.proc.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _wait_up(url: str, web: WorkerProcess) -> None:
@@ -204,6 +239,7 @@ def report(
     event_of: dict[str, str],
     collector: RecordCollector,
     server_ms: list[float],
+    web_cpu: float,
 ) -> None:
     statuses: dict[int, int] = {}
     for r in results.values():
@@ -234,6 +270,7 @@ def report(
             "p50": round(percentile(server_ms, 50), 2),
             "p99": round(percentile(server_ms, 99), 2),
         },
+        "web_cpu_ms_per_webhook": round(web_cpu * 1000 / max(1, len(results)), 3),
         "webhook_to_record_ms": {
             "p50": round(percentile(latency_ms, 50), 1),
             "p99": round(percentile(latency_ms, 99), 1),

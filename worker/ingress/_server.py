@@ -132,7 +132,10 @@ class Ingress:
         if pending is not None:
             status = await asyncio.shield(pending)
             return status, "duplicate" if status == 202 else "unavailable"
-        if await self._seen.seen(webhook_id):
+        seen_started = time.monotonic()
+        seen = await self._seen.seen(webhook_id)
+        fields["dedupe_ms"] = round((time.monotonic() - seen_started) * 1000, 2)
+        if seen:
             return 202, "duplicate"
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[webhook_id] = future

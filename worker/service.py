@@ -134,6 +134,8 @@ class EnrichmentService:
             )
         customer_id = validate_customer_id(customer_id)
         event = self._store.system_event(name, customer_id)
+        # The summary line (enrich.finished) then names the event as well as the customer.
+        structlog.contextvars.bind_contextvars(event_id=event.id)
         return self.process(event.id)
 
     def _mark_sent(self, mark: Callable[[], None], lease: Lease) -> bool:

@@ -27,6 +27,7 @@ from devkit._processes import (
     procfile_command,
 )
 from devkit._redis import RedisServer
+from devkit._schema import SCHEMA_PATH, record_errors, record_schema, validate_record
 
 __all__ = [
     "CUSTOMER_CREATED",
@@ -36,6 +37,7 @@ __all__ = [
     "EVENTS",
     "EVENTS_QUEUE",
     "ROOT",
+    "SCHEMA_PATH",
     "TOKEN",
     "VENV_BIN",
     "RedisServer",
@@ -47,5 +49,8 @@ __all__ = [
     "procfile_command",
     "rabbitmqctl",
     "reachable",
+    "record_errors",
+    "record_schema",
     "reset_queues",
+    "validate_record",
 ]

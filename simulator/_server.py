@@ -923,6 +923,13 @@ class Simulator:
             return web.json_response({"event": event})
         if route == "/_sim/dataset" and method == "GET":
             return self._dataset_response(request)
+        if route == "/_sim/events" and method == "POST":
+            try:
+                body = await request.json()
+                created = self.add_events(body["events"])
+            except (ValueError, KeyError, TypeError) as exc:
+                return web.json_response({"error": f"bad event spec: {exc}"}, status=400)
+            return web.json_response({"events": created})
         if route == "/_sim/requests" and method == "GET":
             try:
                 limit = int(request.query.get("limit", "100"))
@@ -930,6 +937,58 @@ class Simulator:
                 return web.json_response({"error": "limit must be an integer"}, status=400)
             return web.json_response(self.recent_requests(limit))
         return web.json_response({"error": "unknown admin endpoint"}, status=404)
+
+    def add_events(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert events into the token's workspace, as an ingest would (admin only).
+
+        Each spec needs ``name``; ``id`` (default: a new UUID v4), ``timestamp`` (RFC 3339,
+        default: now; several may share one), ``source`` (``user``), ``parent_id``, ``label``,
+        ``customer_id`` and ``metadata`` are optional. Returns the events as GET answers them.
+        """
+        if not isinstance(specs, list):
+            raise TypeError("events must be a list")
+        old = self.dataset
+        added: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            event_id = str(spec.get("id") or uuid.uuid4())
+            if classify_uuid4(event_id) is not None or event_id in old.all_events:
+                raise ValueError(f"id {event_id!r} is not a new UUID v4")
+            stamp = spec.get("timestamp")
+            moment = datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+            if moment.tzinfo is None:
+                raise ValueError(f"timestamp {stamp!r} has no timezone")
+            name = str(spec["name"])
+            added[event_id] = {
+                "id": event_id,
+                "timestamp": format_timestamp(timestamp_to_us(moment.astimezone(UTC))),
+                "workspace_id": old.workspace_id,
+                "customer_id": spec.get("customer_id"),
+                "customer": None,
+                "external_customer_id": None,
+                "member_id": None,
+                "external_member_id": None,
+                "child_count": 0,
+                "parent_id": spec.get("parent_id"),
+                "label": spec.get("label") or name,
+                "source": spec.get("source", "user"),
+                "name": name,
+                "metadata": dict(spec.get("metadata") or {}),
+            }
+        self.dataset = Dataset(
+            name=old.name,
+            seed=old.seed,
+            workspace_id=old.workspace_id,
+            other_workspace_id=old.other_workspace_id,
+            all_events={**old.all_events, **added},
+            tags={**old.tags, **{event_id: ["added"] for event_id in added}},
+            customers=old.customers,
+            invalid_ids=old.invalid_ids,
+            unknown_ids=[u for u in old.unknown_ids if u["id"] not in added],
+            order_seed=old._order_seed,
+        )
+        self._index = _Index(self.dataset)
+        self._dataset_cache.clear()
+        return [self.dataset.get_event(event_id) for event_id in added]
 
     def _dataset_response(self, request: web.Request) -> web.Response:
         key = request.rel_url.raw_query_string

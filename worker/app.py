@@ -295,6 +295,11 @@ def dead_letter(
     headers = getattr(message, "headers", None) or {}
     task_id = headers.get("id") if isinstance(headers, dict) else None
     key = str(task_id) if task_id else hashlib.sha256(_body_bytes(message)).hexdigest()
+    # A replayed dead letter (``rapidly-worker replay``) keeps its task id: without the replay
+    # count in the key, its second failure would look like a duplicate and vanish.
+    replays = _replays(headers)
+    if replays:
+        key = f"{key}:replay:{replays}"
     fields = {"reason": reason, "task_id": task_id, "event_id": _short(event_id)}
     dedupe = rt.dead_dedupe
     lease: Lease | None = None
@@ -330,6 +335,13 @@ def dead_letter(
     metrics.DEAD_LETTERS.labels(reason).inc()
     log.warning("deadletter.sent", detail=detail, attempts=attempts, **fields)
     return True
+
+
+def _replays(headers: Any) -> int:
+    try:
+        return max(0, int(headers.get("x-replays") or 0)) if isinstance(headers, dict) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _marker(dedupe: Any, lease: Lease | None) -> Any:

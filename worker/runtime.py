@@ -60,6 +60,18 @@ class _FallbackLimiter:
         self._fallback.penalize(seconds)
 
 
+def fleet_limiter(settings: Settings, redis: Any) -> RateLimiter:
+    """The budget of ``RAPIDLY_RATE_LIMIT`` shared by every process using the token: in Redis
+    when there is one (the per-process budget while it is unreachable), else per process."""
+    local = LocalRateLimiter(settings.rate_limit)
+    if redis is None:
+        return local
+    namespace = namespace_for(settings.rapidly_api_token.get_secret_value())
+    return _FallbackLimiter(
+        RedisRateLimiter(redis, f"rapidly:{namespace}:ratelimit", settings.rate_limit), local
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings

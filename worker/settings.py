@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(default=9808, ge=0, le=65535)
     health_dir: str = "/tmp/rapidly-worker"  # noqa: S108 - a per-pod emptyDir in Kubernetes
+    # --- rapidly-worker backfill (docs/backfill.md)
+    backfill_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    backfill_margin_seconds: float = Field(default=30.0, ge=0, le=86_400)
+    backfill_max_backlog: int = Field(default=1000, ge=1, le=10_000_000)
 
     @field_validator("rapidly_rate_limit")
     @classmethod

@@ -37,6 +37,7 @@ from devkit import (
     free_port,
     rabbitmqctl,
     reachable,
+    validate_record,
 )
 from tests.integration.harness import ALL_RECORDS, WorkerProcess
 
@@ -366,7 +367,9 @@ class Tally:
         for message in drain_all(ALL_RECORDS, url):
             event_id = message.properties.get("message_id")
             tally.records[event_id] += 1
-            tally.record_bodies[event_id].append(json.loads(message.body))
+            body = json.loads(message.body)
+            validate_record(body)  # CONTRACT.md section 9: every record validates
+            tally.record_bodies[event_id].append(body)
             tally.routing_keys[event_id] = message.delivery_info["routing_key"]
         for message in drain_all(DEAD_QUEUE, url):
             try:

@@ -29,6 +29,7 @@ from devkit import (
     free_port,
     procfile_command,
     reset_queues,
+    validate_record,
 )
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -133,7 +134,11 @@ def purge(broker_url: str) -> None:
 def drain(
     broker_url: str, queue: Queue, *, expect: int, timeout: float, settle: float = 0.0
 ) -> list[Any]:
-    """Read (and ack) messages until ``expect`` arrived, then wait ``settle`` more for extras."""
+    """Read (and ack) messages until ``expect`` arrived, then wait ``settle`` more for extras.
+
+    Every message read from a queue bound to the records exchange is validated against the
+    record's JSON Schema (CONTRACT.md section 9)."""
+    records = queue.exchange is not None and queue.exchange.name == ENRICHED.name
     got: list[Any] = []
     deadline = time.monotonic() + timeout
     settle_until: float | None = None
@@ -152,6 +157,8 @@ def drain(
                 time.sleep(0.05)
                 continue
             message.ack()
+            if records:
+                validate_record(message.body)
             got.append(message)
     return got
 

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import structlog
 from celery import Celery
+from kombu.utils.json import dumps as kombu_dumps
 
-from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, PublishError, TaskPublisher
+from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, PublishError, TaskMessage, TaskPublisher
 
 log = structlog.get_logger()
 
@@ -49,8 +50,9 @@ class Enqueuer:
         self._celery = Celery("rapidly-ingress", set_as_current=False)
         self._ready: tuple[float, bool] = (0.0, False)
 
-    def message(self, args: list[Any]) -> tuple[str, Any, dict[str, Any], dict[str, Any]]:
-        """(task id, body, headers, properties) as send_task builds them."""
+    def message(self, args: list[Any]) -> TaskMessage:
+        """The task message as send_task builds it: Celery's headers and properties, the body
+        serialized by kombu's JSON as send_task's producer does."""
         task_id = str(uuid.uuid4())
         headers, properties, body, _ = self._celery.amqp.as_task_v2(
             task_id,
@@ -62,13 +64,15 @@ class Enqueuer:
             reply_to=self._celery.thread_oid,
             ignore_result=None,  # type: ignore[arg-type]
         )
-        return task_id, body, headers, properties
+        return TaskMessage(
+            body=kombu_dumps(body).encode("utf-8"), headers=headers, properties=properties
+        )
 
     async def enqueue(self, event_name: str, customer_id: str) -> str:
         """The task id once the broker confirmed the message; BrokerUnavailable otherwise."""
-        task_id, body, headers, properties = self.message([event_name, customer_id])
+        message = self.message([event_name, customer_id])
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, self._send, body, headers, properties)
+        work = loop.run_in_executor(self._executor, self._send, message)
         try:
             await asyncio.wait_for(asyncio.shield(work), ENQUEUE_DEADLINE_SECONDS)
         except TimeoutError:
@@ -79,7 +83,7 @@ class Enqueuer:
             ) from None
         except PublishError as exc:
             raise BrokerUnavailable(str(exc)) from None
-        return task_id
+        return str(message.headers["id"])
 
     def warm_up(self) -> None:
         """Blocking: what the first webhooks would otherwise pay for, done before they come
@@ -87,9 +91,9 @@ class Enqueuer:
         self.message(["customer.created", "00000000-0000-0000-0000-000000000000"])
         self._publisher.prefill(self._publishers)
 
-    def _send(self, body: Any, headers: dict[str, Any], properties: dict[str, Any]) -> None:
+    def _send(self, message: TaskMessage) -> None:
         try:
-            self._publisher.publish(body, headers=headers, properties=properties)
+            self._publisher.publish_task(message)
         except PublishError as exc:
             # Pooled connections the broker closed while idle (a restart, a failover) fail on
             # first use: drop them all, and one more try on a fresh connection tells a dead
@@ -97,7 +101,7 @@ class Enqueuer:
             # deduplicated by the worker: the record is per event id.)
             log.info("webhook.publish_retry", error=str(exc))
             self._publisher.discard_idle()
-            self._publisher.publish(body, headers=headers, properties=properties)
+            self._publisher.publish_task(message)
 
     async def ready(self) -> bool:
         checked_at, ok = self._ready

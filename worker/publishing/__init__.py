@@ -4,6 +4,7 @@ from worker.publishing._publisher import (
     DeadLetterPublisher,
     PublishError,
     RecordPublisher,
+    TaskMessage,
     TaskPublisher,
 )
 from worker.publishing._topology import (
@@ -33,5 +34,6 @@ __all__ = [
     "DeadLetterPublisher",
     "PublishError",
     "RecordPublisher",
+    "TaskMessage",
     "TaskPublisher",
 ]

@@ -25,6 +25,7 @@ from worker.publishing._topology import (
     DEAD_LETTER_QUEUE_NAME,
     DOWNSTREAM_BROKER_ENTITIES,
     ENRICHED_EXCHANGE,
+    EVENTS_EXCHANGE,
     EVENTS_QUEUE,
     EVENTS_QUEUE_NAME,
     INPUT_BROKER_ENTITIES,
@@ -263,32 +264,19 @@ class DeadLetterPublisher:
 
 
 class TaskPublisher:
-    """Celery task messages to ``rapidly.events`` on the input broker (the webhook ingress).
+    """Task messages to ``rapidly.events`` on the input broker, confirmed one by one: the
+    backfill's new ``events.enrich`` tasks and replayed dead letters."""
 
-    The caller builds the message exactly as ``Celery.send_task`` would (headers, body,
-    properties); this sends it the way send_task routes a queue on a direct exchange (the default
-    exchange, routing key = queue name) and returns once the broker confirmed it.
-    """
-
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE):
+    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 1):
         self._url = url
         self._timeout = timeout
-        # Declared on every new connection, as send_task declares the queue it routes to.
         self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=(EVENTS_QUEUE,))
 
-    def publish(self, body: Any, *, headers: dict[str, Any], properties: dict[str, Any]) -> None:
-        self._pool.publish(
-            body,
-            exchange="",
-            routing_key=EVENTS_QUEUE_NAME,
-            serializer="json",
-            delivery_mode=2,
-            headers=headers,
-            **properties,
-        )
+    def declare_topology(self) -> None:
+        self._pool.declare(INPUT_BROKER_ENTITIES)
 
     def prefill(self, count: int) -> None:
-        """Open up to ``count`` pooled connections now (a process's first webhooks)."""
+        """Open up to ``count`` pooled connections now (the webhook ingress's first webhooks)."""
         self._pool.prefill(count)
 
     def discard_idle(self) -> None:
@@ -305,8 +293,51 @@ class TaskPublisher:
         finally:
             connection.release()
 
+    def publish_task(self, message: TaskMessage) -> None:
+        """Returns once the broker confirmed the message; PublishError otherwise."""
+        self._pool.publish(
+            message.body,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=EVENTS_QUEUE_NAME,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=2,
+            headers=message.headers,
+            **message.properties,
+        )
+
     def close(self) -> None:
         self._pool.close()
 
 
-__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher", "TaskPublisher"]
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """A task message as it travels: body bytes, content type and encoding, headers and the
+    AMQP properties that make it the same task (see ``_KEPT_PROPERTIES``)."""
+
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+
+    @classmethod
+    def from_consumed(cls, message: Any, headers: dict[str, Any]) -> TaskMessage:
+        """A consumed kombu Message, its body bytes as they came, with ``headers`` instead of
+        its own."""
+        properties = getattr(message, "properties", {}) or {}
+        body = message.body
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        return cls(
+            body=bytes(body),
+            headers=headers,
+            properties={
+                key: properties[key] for key in _KEPT_PROPERTIES if properties.get(key) is not None
+            },
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
+        )
+
+
+__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher", "TaskMessage", "TaskPublisher"]

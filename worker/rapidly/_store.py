@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -41,7 +41,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.rapidly._client import RapidlyClient
-from worker.rapidly._models import Event
+from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
 
 log = structlog.get_logger()
@@ -280,7 +280,35 @@ class EventStore:
             return ChildCounts(0, 0)
         if entry.direct is not None:
             return ChildCounts(entry.direct, entry.descendants)
+        shared = self._shared_counts(event_id)
+        if shared is not None:
+            return ChildCounts(shared.direct, shared.descendants)  # type: ignore[arg-type]
         return None
+
+    def _shared_counts(self, event_id: str) -> _Entry | None:
+        """The shared copy, when it has the direct count this process lacks: another process
+        (``rapidly-worker backfill``, which caches an event first and its direct count once it
+        has seen the children) may have completed it since this process cached it."""
+        if self._redis is None or self._clock() < self._redis_down_until:
+            return None
+        try:
+            raw = self._redis.get(self._prefix + event_id)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure only costs us the cache
+            self._redis_failed(exc)
+            return None
+        try:
+            entry = _Entry.from_json(raw) if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            return None
+        if (
+            entry is None
+            or entry.direct is None
+            or entry.descendants is None
+            or self._clock() - entry.counted_at > self._counts_max_age
+        ):
+            return None
+        self._remember([entry], shared=False)
+        return entry
 
     def _known_leaf(self, event_id: str) -> bool:
         return self._known_counts(event_id) == ChildCounts(0, 0)
@@ -301,6 +329,29 @@ class EventStore:
         except TransientError:
             return False
         return self._known_leaf(event.id)
+
+    # --- for producers that page the list endpoint themselves (``rapidly-worker backfill``)
+
+    def list_page(self, params: dict[str, Any]) -> EventPage:
+        """One list call with the store's retries (429s, 5xx, timeouts); nothing is cached."""
+        return self._retrying(lambda: self._client.list_events(params))
+
+    def prime(self, listed: Sequence[tuple[Event, int, int | None]]) -> None:
+        """Cache events as a list response showed them, for whichever worker enriches them:
+        ``(event, descendants, direct)`` with ``descendants`` the list's ``child_count`` and
+        ``direct`` the direct children when known (None: the worker lists them). Stamped now,
+        so they count as fresh for ``event_max_age`` and ``counts_max_age``."""
+        now = self._clock()
+        self._remember(
+            [
+                _Entry(Event.from_api(event.as_get()), now, descendants, now, direct)
+                for event, descendants, direct in listed
+            ]
+        )
+
+    def count_children(self, event: Event) -> ChildCounts:
+        """List ``event``'s direct children now (cached with their counts, the event's too)."""
+        return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
 
     # --- root windows: one list call answers for the next ``root_window`` root events
 

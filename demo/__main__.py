@@ -4,6 +4,11 @@ Starts the API simulator on a local port, a Celery worker in this process on kom
 transport (the worker's real code: same app, task, service, publisher, dead-lettering; a thread
 pool instead of gevent), sends every ID of the dataset with a plain ``send_task``, and prints
 some customer-created records and a summary.
+
+Then the webhook ingress (``rapidly-worker web``'s application, served from a thread of this
+process on the same in-memory broker) receives a few signed Standard Webhooks for new customers,
+one of whose system event appears only after its webhook, plus a retry and a forged one; the
+customer-created records they lead to are printed.
 """
 
 from __future__ import annotations
@@ -98,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 app.send_task("events.enrich", args=[event_id], queue="rapidly.events")
             records = _collect(conn, everything, len(ids), timeout=120)
             dead_letters = _collect(conn, dead, len(bad), timeout=60)
-        cc = _collect(conn, customer_created, 10**9, timeout=0.5)
-    elapsed = time.monotonic() - started
+            cc = _collect(conn, customer_created, 10**9, timeout=0.5)
+            elapsed = time.monotonic() - started
+            stats = sim.stats()  # the dataset's figures, before the webhooks' calls
+            webhooks = _webhooks(sim, conn, customer_created)
+    webhook_records = webhooks.pop("records")
     rt.close()
-    stats = sim.stats()
     sim.stop()
     log_file.close()
 
@@ -123,9 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         "api_calls": api_calls,
         "api_calls_per_event": round(api_calls / max(1, len(ids) + len(bad)), 3),
         "seconds": round(elapsed, 2),
+        "webhooks": webhooks,
     }
     print("summary:", json.dumps(summary, indent=2))
+    for record in webhook_records:
+        event = record["event"]
+        print(
+            f"webhook record: {event['source']}.{event['name']} {event['id']} "
+            f"customer {event['customer_id']} ({event['customer']['email']})"
+        )
     missing = len(ids) - len(bodies)
+    if webhooks["customer_created_records"] != webhooks["customers"]:
+        print("demo FAILED: a webhook did not lead to its record", file=sys.stderr)
+        return 1
     if missing or len(dead_letters) != len(bad):
         print(
             f"demo FAILED: {missing} records missing, "
@@ -134,6 +151,117 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+DEMO_SECRET = "rapidly_whs_demo_0123456789abcdef"
+
+
+def _webhooks(sim: Any, conn: Connection, customer_created: Queue) -> dict[str, Any]:
+    """Signed webhooks for new customers to an embedded ingress; their records."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from standardwebhooks import Webhook
+
+    signer = Webhook(DEMO_SECRET.encode())
+    url, stop = _start_ingress()
+    customers = [str(uuid.uuid4()) for _ in range(3)]
+    answers: list[int] = []
+
+    def post(customer_id: str, *, webhook_id: str | None = None, forged: bool = False) -> None:
+        body = json.dumps(
+            {
+                "type": "customer.created",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "data": {"id": customer_id, "email": "demo@example.com", "metadata": {}},
+            }
+        )
+        webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+        now = datetime.now(UTC)
+        signature = signer.sign(webhook_id, now, body + (" " if forged else ""))
+        answers.append(
+            _post(
+                url + "/webhooks/rapidly",
+                body.encode(),
+                {
+                    "webhook-id": webhook_id,
+                    "webhook-timestamp": str(int(now.timestamp())),
+                    "webhook-signature": signature,
+                },
+            )
+        )
+
+    try:
+        # Rapidly's two jobs: for the first two customers the system event exists before the
+        # webhook; for the last one it appears half a second after it.
+        for customer_id in customers[:2]:
+            sim.add_system_event("customer.created", customer_id)
+        for customer_id in customers:
+            post(customer_id)
+        post(customers[0], webhook_id="msg_retried")
+        post(customers[0], webhook_id="msg_retried")  # the sender's retry: 202, no second task
+        post(customers[1], forged=True)  # 401
+        time.sleep(0.5)
+        sim.add_system_event("customer.created", customers[2])
+        records = [
+            json.loads(m.body) for m in _collect(conn, customer_created, len(customers), timeout=30)
+        ]
+    finally:
+        stop()
+    return {
+        "customers": len(customers),
+        "posted": len(answers),
+        "answers": dict(Counter(answers)),
+        "customer_created_records": len(records),
+        "records": records,
+    }
+
+
+def _start_ingress() -> tuple[str, Any]:
+    """The ingress's aiohttp application on its own event loop in a daemon thread."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from worker.ingress import Enqueuer, Ingress, LocalSeen, WebhookVerifier
+
+    ingress = Ingress(
+        WebhookVerifier([DEMO_SECRET]), Enqueuer("memory://", publishers=2), LocalSeen(3600)
+    )
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(ingress.application(), access_log=None)
+
+    async def start() -> str:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    url = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="ingress")
+    thread.start()
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return url, stop
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"content-type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def _get_json(url: str) -> Any:

@@ -23,7 +23,7 @@ PY="${PYTHON:-.venv/bin/python}"
 K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 1.33.0}"
 DOCKER_DIR=docker
 K8S_DIR=docker/k8s
-CORE_MANIFESTS=(namespace.yaml configmap.yaml examples/secret.yaml deployment.yaml pdb.yaml service-metrics.yaml)
+CORE_MANIFESTS=(namespace.yaml configmap.yaml examples/secret.yaml examples/web-secret.yaml deployment.yaml pdb.yaml service-metrics.yaml web.yaml)
 
 if [[ ! -x "$PY" ]]; then
     echo "FAIL: no Python at $PY (set PYTHON=... or create .venv)" >&2
@@ -461,7 +461,7 @@ def check_built(path, versions):
             except Exception as e:  # SchemaNotFoundError (unknown kind/apiVersion), ValidationError
                 raise Fail(f"built {d['kind']}/{d['metadata']['name']} against {v}: "
                            f"{type(e).__name__}: {getattr(e, 'message', None) or e}") from None
-    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == load_one(K8S / "deployment.yaml")["metadata"]["name"]]
     image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
     need(":" in image and "/" in image, f"built Deployment image {image!r}: kustomization images: did not apply")
     need(dep["spec"]["selector"]["matchLabels"] == load_one(K8S / "deployment.yaml")["spec"]["selector"]["matchLabels"],
@@ -538,7 +538,57 @@ def check_grafana():
     return f"grafana-dashboard.json: {len(panels)} panels, every worker metric charted, no unknown metric"
 
 
+def check_web():
+    """web.yaml: the webhook ingress runs the Procfile's web: line, probes and Service reach its
+    port, the HPA and PDB select it, and its secrets exist."""
+    docs = load_all(K8S / "web.yaml")
+    kinds = sorted(d["kind"] for d in docs)
+    need(kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"],
+         f"web.yaml: expected Deployment, HPA, PDB, Service (its Secret is not applied); found {kinds}")
+    k = by_kind(docs)
+    dep, svc, hpa, pdb = (k[x] for x in ("Deployment", "Service", "HorizontalPodAutoscaler",
+                                          "PodDisruptionBudget"))
+    sec = load_one(K8S / "examples" / "web-secret.yaml")
+    procfile = [ln.split(":", 1)[1].split() for ln in Path("Procfile").read_text().splitlines()
+                if ln.startswith("web:")]
+    need(procfile == [["rapidly-worker", "web"]], "Procfile: expected `web: rapidly-worker web`")
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    need(ctr["args"] == ["web"], "web.yaml: the container must run args [web] (ENTRYPOINT rapidly-worker)")
+    need("replicas" not in spec, "web.yaml: spec.replicas is set, but the HPA owns the replica count")
+    labels = pod_labels(dep)
+    worker = load_one(K8S / "deployment.yaml")
+    need(not selector_matches(worker["spec"]["selector"]["matchLabels"], labels)
+         and not selector_matches(spec["selector"]["matchLabels"], pod_labels(worker)),
+         "web.yaml: the web and worker selectors overlap")
+    for name, sel in (("Deployment", spec["selector"]["matchLabels"]), ("Service", svc["spec"]["selector"]),
+                      ("PodDisruptionBudget", pdb["spec"]["selector"]["matchLabels"])):
+        need(selector_matches(sel, labels), f"web.yaml: the {name} selector misses the web pods")
+    env = {e["name"]: e for e in ctr["env"]}
+    port = int(env["PORT"]["value"])
+    need({p["name"]: p["containerPort"] for p in ctr["ports"]}.get("http") == port,
+         "web.yaml: containerPort http != PORT")
+    need("RAPIDLY_API_TOKEN" not in env and not ctr.get("envFrom"), "web.yaml: the web process must not get the API token")
+    worker_secret = load_one(K8S / "examples" / "secret.yaml")
+    secrets = {worker_secret["metadata"]["name"]: set(worker_secret["stringData"]),
+               sec["metadata"]["name"]: set(sec["stringData"])}
+    for name in ("RAPIDLY_WEBHOOK_SECRET", "BROKER_URL"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        need(ref["key"] in secrets.get(ref["name"], set()), f"web.yaml: {name} reads a missing secret key")
+    need(ctr["readinessProbe"]["httpGet"]["path"] == "/readyz" and ctr["livenessProbe"]["httpGet"]["path"] == "/healthz",
+         "web.yaml: readiness must GET /readyz and liveness /healthz")
+    need(any(p["targetPort"] in ("http", port) for p in svc["spec"]["ports"]), "web.yaml: the Service misses port http")
+    ref = hpa["spec"]["scaleTargetRef"]
+    need(ref["kind"] == "Deployment" and ref["name"] == dep["metadata"]["name"], "web.yaml: the HPA does not target the web Deployment")
+    need(any(m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"]), "web.yaml: the HPA must scale on CPU")
+    need(hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"], "web.yaml: PDB minAvailable would block every drain")
+    need(all("REPLACE_ME" in v for v in sec["stringData"].values()), "examples/web-secret.yaml: the Secret must hold placeholders")
+    return (f"web.yaml: Deployment runs `rapidly-worker web` on port {port}, probes /healthz /readyz, "
+            f"Service, HPA on CPU {hpa['spec']['minReplicas']}..{hpa['spec']['maxReplicas']}, PDB, no API token")
+
+
 CHECKS = {
+    "web": check_web,
     "dockerfile": check_dockerfile,
     "kustomization": check_kustomization,
     "consistency": check_consistency,
@@ -677,6 +727,7 @@ run check_k8s_core
 run pycheck kustomization
 run pycheck consistency
 run pycheck keda
+run pycheck web
 run check_kustomize_build
 run check_compose
 run check_prometheus

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ._config import DATASET_FIELDS, STARTUP_ONLY, ConfigError, SimulatorConfig, parse_rate_limit
 from ._dataset import (
+    SYSTEM_LABELS,
     Dataset,
     build_dataset,
     classify_uuid4,
@@ -492,6 +493,72 @@ class Simulator:
         self._log.clear()
         self._reset_runtime()
 
+    def add_system_event(self, name: str, customer_id: str) -> dict[str, Any]:
+        """A system event ``name`` of the customer, timestamped now, visible from now on (the
+        customer is created if unknown): what Rapidly's background job does after a webhook was
+        sent, for tests of a system event that lands after its webhook."""
+        if name not in ("customer.created", "customer.updated", "customer.deleted"):
+            raise ValueError(f"name must be a customer.* event, not {name!r}")
+        customer_id = str(uuid.UUID(str(customer_id)))
+        dataset, index = self.dataset, self._index
+        now_us = timestamp_to_us(datetime.now(UTC))
+        customer = dataset.customers.get(customer_id)
+        if customer is None:
+            customer = {
+                "id": customer_id,
+                "created_at": format_timestamp(now_us),
+                "modified_at": None,
+                "metadata": {},
+                "external_id": None,
+                "email": f"late-{customer_id[:8]}@example.com",
+                "email_verified": False,
+                "type": "individual",
+                "name": None,
+                "billing_address": None,
+                "workspace_id": dataset.workspace_id,
+                "deleted_at": None,
+                "avatar_url": None,
+            }
+            dataset.customers[customer_id] = customer
+            index.customer_external[customer_id] = None
+        event_id = str(uuid.uuid4())
+        event = {
+            "id": event_id,
+            "timestamp": format_timestamp(now_us),
+            "workspace_id": dataset.workspace_id,
+            "customer_id": customer_id,
+            "customer": dict(customer),
+            "external_customer_id": None,
+            "member_id": None,
+            "external_member_id": None,
+            "child_count": 0,
+            "parent_id": None,
+            "label": SYSTEM_LABELS.get(name, name),
+            "source": "system",
+            "name": name,
+            "metadata": {
+                "customer_id": customer_id,
+                "customer_email": customer["email"],
+                "customer_name": customer["name"],
+                "customer_external_id": customer["external_id"],
+            },
+        }
+        for table in (dataset.all_events, dataset.events):
+            table[event_id] = event
+        dataset.parent_of[event_id] = None
+        dataset.timestamp_us[event_id] = now_us
+        dataset.list_child_count[event_id] = 0
+        dataset.tags[event_id] = ["late"]
+        body = json.dumps(event, **_DUMPS_KW).encode()
+        index.get_body[event_id] = index.list_body[event_id] = body
+        index.by_name.setdefault(name, []).append(event_id)
+        index.by_customer.setdefault(customer_id, []).append(event_id)
+        index.sorted_ws.append(event_id)  # the newest: the order stays sorted
+        index.roots_ws.append(event_id)
+        index.visible[event_id] = True
+        self._dataset_cache.clear()
+        return event
+
     def stats_snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot()
 
@@ -859,6 +926,13 @@ class Simulator:
             except ConfigError as exc:
                 return web.json_response({"error": str(exc)}, status=400)
             return web.json_response(new.to_dict())
+        if route == "/_sim/system_events" and method == "POST":
+            try:
+                wanted = await request.json()
+                event = self.add_system_event(wanted["name"], wanted["customer_id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                return web.json_response({"error": f"bad system event: {exc}"}, status=400)
+            return web.json_response({"event": event})
         if route == "/_sim/dataset" and method == "GET":
             return self._dataset_response(request)
         if route == "/_sim/events" and method == "POST":
@@ -1029,6 +1103,10 @@ class SimulatorHandle:
     def update(self, **knobs: Any) -> SimulatorConfig:
         """Change knobs at runtime (same rules as ``POST /_sim/config``)."""
         return self._call(lambda: self.simulator.update_config(knobs))  # type: ignore[no-any-return]
+
+    def add_system_event(self, name: str, customer_id: str) -> dict[str, Any]:
+        """A system event of the customer from now on (``POST /_sim/system_events``)."""
+        return self._call(lambda: self.simulator.add_system_event(name, customer_id))  # type: ignore[no-any-return]
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped:

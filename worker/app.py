@@ -32,13 +32,14 @@ from worker.errors import (
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
-from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME
+from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, EVENTS_QUEUE, EVENTS_QUEUE_NAME
 from worker.rapidly._store import api_calls
 from worker.settings import Settings
 
 log = structlog.get_logger()
 
 TASK_NAME = "events.enrich"
+CUSTOMER_TASK_NAME = ENRICH_CUSTOMER_TASK_NAME
 # Back-off before a message goes back to the queue for a reason that is not its own
 # (downstream broker down, dedupe store down): avoids a hot redelivery loop.
 REQUEUE_DELAY_SECONDS = 2.0
@@ -91,7 +92,8 @@ def configure(settings: Settings) -> Celery:
         },
         rapidly_settings=settings,
     )
-    import tasks.enrich  # noqa: F401, PLC0415 - registers events.enrich, explicitly
+    import tasks.enrich  # noqa: PLC0415 - registers events.enrich, explicitly
+    import tasks.enrich_customer  # noqa: F401, PLC0415 - and events.enrich_customer
 
     return app
 
@@ -161,6 +163,17 @@ class EnrichTask(Task[Any, Any]):
     typing = False  # arguments are checked here, so a bad message is dead-lettered, not crashed
     throws = (DeadLetter,)  # expected outcomes: logged without a traceback
 
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, str], tuple[Any, ...]]:
+        """(log context, arguments for ``run``); InvalidMessage when the message has others."""
+        event_id = _event_id_from(args, kwargs)
+        return {"event_id": str(event_id)[:64]}, (event_id,)
+
+    def redelivery_key(self, run_args: tuple[Any, ...]) -> object:
+        """What a message's redeliveries are counted under: the unit of work it names."""
+        return run_args[0]
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
         settings = rt.settings
@@ -169,8 +182,8 @@ class EnrichTask(Task[Any, Any]):
         summary: dict[str, Any] = {}
         counted: str | None = None
         try:
-            event_id = _event_id_from(args, kwargs)
-            structlog.contextvars.bind_contextvars(event_id=str(event_id)[:64])
+            context, run_args = self.arguments(args, kwargs)
+            structlog.contextvars.bind_contextvars(**context)
             if not auth_gate.admit(settings.auth_retry_seconds) or (
                 # This message is the gate's probe: the list endpoint answers first, so that a
                 # wrong RAPIDLY_API_URL (GETs answer 404) does not dead-letter it event_not_found.
@@ -179,8 +192,8 @@ class EnrichTask(Task[Any, Any]):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
-            counted = self._count_redelivery(rt, event_id)
-            outcome = self.run(event_id)
+            counted = self._count_redelivery(rt, self.redelivery_key(run_args))
+            outcome = self.run(*run_args)
             if auth_gate.accept():
                 log.info("worker.api_accepts_token")
             rt.api_accepted()
@@ -272,6 +285,33 @@ def _settle_redelivery(rt: runtime.Runtime, key: str, *, requeued: bool) -> None
             counter.forget(key)
     except Exception as exc:  # noqa: BLE001 - the key expires with the dedupe TTL
         log.warning("redelivery.settle_failed", error=type(exc).__name__)
+
+
+class CustomerEventTask(EnrichTask):
+    """``events.enrich_customer``: the same mapping; two arguments, the webhook's type and
+    the customer id."""
+
+    def arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, str], tuple[Any, ...]]:
+        if len(args) == 2 and not kwargs:
+            name, customer_id = args
+        elif not args and set(kwargs) == {"event_name", "customer_id"}:
+            name, customer_id = kwargs["event_name"], kwargs["customer_id"]
+        else:
+            raise InvalidMessage(
+                "invalid_arguments",
+                f"expected two arguments, the event name and the customer id; got {len(args)} "
+                f"positional and keywords {sorted(kwargs)[:5]}",
+            )
+        context = {"event_name": str(name)[:64], "customer_id": str(customer_id)[:64]}
+        return context, (name, customer_id)
+
+    def redelivery_key(self, run_args: tuple[Any, ...]) -> object:
+        name, customer_id = run_args
+        if not isinstance(name, str) or not isinstance(customer_id, str):
+            return None  # dead-lettered invalid_arguments anyway
+        return f"{name.removeprefix('customer.')}:{customer_id}"
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -498,6 +538,8 @@ def _boot(sender: Any = None, **_: Any) -> None:
     # every task would build a fresh DisabledBackend (a few % of the CPU in profiles). Results are
     # ignored, so one backend object is shared.
     app.tasks[TASK_NAME].backend = app.backend
+    if CUSTOMER_TASK_NAME in app.tasks:
+        app.tasks[CUSTOMER_TASK_NAME].backend = app.backend
     metrics.serve(settings.metrics_port)
     rt.start()
     if rt.health.api_ok is False:
@@ -549,4 +591,4 @@ def _clear_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-__all__ = ["TASK_NAME", "EnrichTask", "app", "configure"]
+__all__ = ["CUSTOMER_TASK_NAME", "TASK_NAME", "CustomerEventTask", "EnrichTask", "app", "configure"]

@@ -1,4 +1,4 @@
-"""``rapidly-worker``: run | health live|ready | check-config | backfill | replay.
+"""``rapidly-worker``: run | web | health live|ready | check-config | backfill | replay.
 
 Kept import-light on purpose: ``run`` must monkey-patch for gevent before anything imports
 sockets, threads or SSL.
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("what", choices=["live", "ready"])
     health.add_argument("--dir", default=None, help="HEALTH_DIR (default: from the environment)")
     sub.add_parser("check-config", help="validate the environment and exit")
+    sub.add_parser("web", help="run the webhook ingress (the Procfile's web: line)")
     backfill = sub.add_parser(
         "backfill", help="hand every event of a time window to the workers (docs/backfill.md)"
     )
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         return _run()
+    if args.command == "web":
+        return _web()
     if args.command == "health":
         return _health(args.what, args.dir)
     return _check_config()
@@ -148,6 +151,24 @@ def _supervise() -> int:
     from worker.supervisor import run  # noqa: PLC0415
 
     return run(settings)
+
+
+def _web() -> int:
+    """The webhook ingress: its own settings (no API token), no gevent (asyncio serves it)."""
+    from worker.ingress import load_ingress_settings, run  # noqa: PLC0415
+    from worker.logging import configure_logging, register_secret  # noqa: PLC0415
+    from worker.settings import SettingsError  # noqa: PLC0415
+
+    try:
+        settings = load_ingress_settings()
+    except SettingsError as exc:
+        print(f"rapidly-worker: {exc}", file=sys.stderr)
+        return 2
+    for secret in settings.secrets:
+        register_secret(secret)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    run(settings)
+    return 0
 
 
 def _queue_name() -> str:

@@ -8,6 +8,8 @@
     ├── PermanentError               retrying cannot help: the event is dead-lettered
     │   ├── InvalidEventId           not a UUID version 4: rejected before any API call
     │   ├── EventNotFound            still 404 after the bounded wait for replica lag
+    │   │   └── CustomerEventNotFound    a webhook's system event still not listed after it
+    │   ├── InvalidCustomerId        a webhook task's customer id is not a UUID
     │   ├── RetriesExhausted         a transient error outlived the retry budget
     │   ├── RedeliveriesExhausted    the message kept coming back without an outcome (crashes)
     │   ├── InvalidMessage           a task message that cannot be executed as sent
@@ -84,6 +86,33 @@ class EventNotFound(PermanentError):
         super().__init__(
             f"event {event_id} still answered 404 after {attempts} attempts over {waited:.1f}s"
         )
+
+
+class CustomerEventNotFound(EventNotFound):
+    """No system event ``name`` of the customer listed yet, after the same bounded wait."""
+
+    def __init__(self, name: str, customer_id: str, *, waited: float, attempts: int):
+        self.name = name
+        self.customer_id = customer_id
+        self.waited = waited
+        self.attempts = attempts
+        self.event_id = f"{name} of customer {customer_id}"
+        PermanentError.__init__(
+            self,
+            f"no system {name} event of customer {customer_id} after {attempts} list calls "
+            f"over {waited:.1f}s",
+        )
+
+
+class InvalidCustomerId(PermanentError):
+    reason = "invalid_customer_id"
+
+    def __init__(self, value: object):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        self.value = value
+        super().__init__(f"customer id {shown} is not a UUID")
 
 
 class RetriesExhausted(PermanentError):

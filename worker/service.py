@@ -22,9 +22,9 @@ import structlog
 
 from worker.dedupe import Claim, DedupeStore, Lease
 from worker.enrichment import EnrichedRecord, enrich_event
-from worker.errors import PermanentError, TransientError
+from worker.errors import InvalidMessage, PermanentError, TransientError
 from worker.publishing import PublishError, RecordPublisher
-from worker.rapidly import EventStore, validate_event_id
+from worker.rapidly import EventStore, validate_customer_id, validate_event_id
 from worker.rapidly._store import event_deadline
 
 log = structlog.get_logger()
@@ -37,6 +37,8 @@ LEASE_POLL_SECONDS = 1.0
 # ride out a Redis restart or failover rather than give up after a second or two.
 COMPLETE_WAIT_SECONDS = 60.0
 COMPLETE_POLL_SECONDS = 0.02
+# The webhook types whose system event the ingress asks for (CONTRACT.md section 6).
+CUSTOMER_EVENT_NAMES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 
 
 class DedupeUnavailable(TransientError):
@@ -142,6 +144,21 @@ class EnrichmentService:
         if self._on_published is not None:
             self._on_published(record)
         return Outcome("published", record)
+
+    def process_customer_event(self, name: str, customer_id: str) -> Outcome:
+        """A webhook's work: the customer's newest system event ``name``, then exactly what
+        ``process`` does with its id (same dedupe, same record). The list call that finds it
+        primes the store, so the enrichment repeats no call."""
+        if not isinstance(name, str) or name not in CUSTOMER_EVENT_NAMES:
+            raise InvalidMessage(
+                "invalid_arguments",
+                f"event name {str(name)[:64]!r} is not one of {sorted(CUSTOMER_EVENT_NAMES)}",
+            )
+        customer_id = validate_customer_id(customer_id)
+        event = self._store.system_event(name, customer_id)
+        # The summary line (enrich.finished) then names the event as well as the customer.
+        structlog.contextvars.bind_contextvars(event_id=event.id)
+        return self.process(event.id)
 
     def _mark_sent(self, mark: Callable[[], None], lease: Lease) -> bool:
         """The sent mark already means "published" to every reader: once it landed, no further

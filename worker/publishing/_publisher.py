@@ -198,6 +198,20 @@ class _ConfirmedPool:
             # Idle past the heartbeat interval: the broker may have dropped it meanwhile.
             _close_quietly(slot)
 
+    def prefill(self, count: int) -> None:
+        """Open ``count`` connections now (at most the pool's size), so that the first publishes
+        do not each pay for a connection, a channel and the declarations."""
+        opened = []
+        try:
+            for _ in range(count):
+                if not self._permits.acquire(blocking=False):
+                    break
+                opened.append(True)
+                self._idle.put(self._open())
+        finally:
+            for _ in opened:
+                self._permits.release()
+
     def declare(self, entities: tuple[Any, ...]) -> None:
         with Connection(self._url, connect_timeout=self._timeout) as conn:
             conn.ensure_connection(max_retries=3)
@@ -326,10 +340,30 @@ class TaskPublisher:
     backfill's new ``events.enrich`` tasks and replayed dead letters."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 1):
+        self._url = url
+        self._timeout = timeout
         self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=(EVENTS_QUEUE,))
 
     def declare_topology(self) -> None:
         self._pool.declare(INPUT_BROKER_ENTITIES)
+
+    def prefill(self, count: int) -> None:
+        """Open up to ``count`` pooled connections now (the webhook ingress's first webhooks)."""
+        self._pool.prefill(count)
+
+    def discard_idle(self) -> None:
+        """Close every idle connection: after one failed, the broker most likely restarted (or
+        its vhost went away) under all of them."""
+        self._pool.close()
+
+    def probe(self) -> None:
+        """Raises unless a new connection to the broker opens now (readiness)."""
+        connection = Connection(self._url, connect_timeout=self._timeout, heartbeat=0)
+        try:
+            connection.ensure_connection(max_retries=1)
+            connection.channel().close()  # type: ignore[attr-defined]  # kombu's stub lacks it
+        finally:
+            connection.release()
 
     def publish_task(self, message: TaskMessage) -> None:
         """Returns once the broker confirmed the message; PublishError otherwise."""

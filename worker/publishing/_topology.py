@@ -11,6 +11,8 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 EVENTS_QUEUE_NAME = "rapidly.events"
+# The task the webhook ingress enqueues: args [event name, customer id] (CONTRACT.md section 6).
+ENRICH_CUSTOMER_TASK_NAME = "events.enrich_customer"
 DEAD_LETTER_QUEUE_NAME = "rapidly.events.dead"
 ENRICHED_EXCHANGE_NAME = "rapidly.enriched"
 CUSTOMER_CREATED_QUEUE_NAME = "rapidly.customer_created"

@@ -7,6 +7,7 @@ from worker.rapidly._client import (
     RapidlyClient,
     is_event_id,
     parse_retry_after,
+    validate_customer_id,
     validate_event_id,
 )
 from worker.rapidly._models import ANCESTOR_FIELDS, Event, EventPage
@@ -26,5 +27,6 @@ __all__ = [
     "RetryPolicy",
     "is_event_id",
     "parse_retry_after",
+    "validate_customer_id",
     "validate_event_id",
 ]

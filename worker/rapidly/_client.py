@@ -36,6 +36,7 @@ from worker.errors import (
     ApiUnavailable,
     ConfigurationError,
     EventNotYetVisible,
+    InvalidCustomerId,
     InvalidEventId,
     RateLimited,
     UnexpectedResponse,
@@ -75,6 +76,18 @@ def validate_event_id(value: object) -> str:
     if not is_event_id(value):
         raise InvalidEventId(value)
     assert isinstance(value, str)
+    return value.lower()
+
+
+_UUID_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+)
+
+
+def validate_customer_id(value: object) -> str:
+    """The lower-case canonical form of a customer's UUID (any version), or InvalidCustomerId."""
+    if not isinstance(value, str) or len(value) != 36 or not _UUID_RE.match(value):
+        raise InvalidCustomerId(value)
     return value.lower()
 
 
@@ -175,6 +188,20 @@ class RapidlyClient:
         if any((child.parent_id or "").lower() != wanted for child in result.events):
             raise ApiUnavailable(f"list children of {parent_id}: a child of another parent")
         return result
+
+    def newest_system_event(self, name: str, customer_id: str) -> EventPage:
+        """The customer's newest root system event named ``name``, with its descendant count
+        (``child_count`` of a list result): one call, no GET needed afterwards."""
+        return self.list_events(
+            {
+                "name": name,
+                "source": "system",
+                "customer_id": customer_id,
+                "depth": 0,
+                "sorting": "-timestamp",
+                "limit": 1,
+            }
+        )
 
     def check_token(self) -> None:
         """One cheap authenticated call; raises ConfigurationError if the token is rejected."""

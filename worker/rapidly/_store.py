@@ -36,6 +36,7 @@ import structlog
 
 from worker.errors import (
     ApiUnavailable,
+    CustomerEventNotFound,
     EventNotFound,
     EventNotYetVisible,
     RateLimited,
@@ -220,6 +221,39 @@ class EventStore:
         return self._collapse(
             f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds)
         )
+
+    def system_event(self, name: str, customer_id: str) -> Event:
+        """The customer's newest system event named ``name``, found with one list call and
+        cached with its descendant count, so that enriching it costs no GET (and, for a leaf,
+        no children listing). None listed yet is retried like a 404 for the same bounded wait
+        (the webhook and the event come from independent jobs upstream); then
+        CustomerEventNotFound."""
+
+        def find() -> Event:
+            page = self._client.newest_system_event(name, customer_id)
+            if not page.events:
+                raise EventNotYetVisible(f"system {name} of customer {customer_id}")
+            found = page.events[0]
+            if (found.source, found.name, found.customer_id) != ("system", name, customer_id):
+                # Not what was asked: never becomes a record (retried, then exhausted_retries).
+                raise ApiUnavailable(f"list system {name}: answered another event")
+            return found
+
+        try:
+            found = self._collapse(
+                f"system:{name}:{customer_id}",
+                lambda: self._retrying(
+                    find, not_found_wait=self._policy.not_found_wait_seconds, event_id=customer_id
+                ),
+            )
+        except EventNotFound as exc:
+            raise CustomerEventNotFound(
+                name, customer_id, waited=exc.waited, attempts=exc.attempts
+            ) from None
+        now = self._clock()
+        event = Event.from_api(found.as_get())
+        self._remember([_Entry(event, now, found.child_count, now)])
+        return event
 
     def _maybe_read_ahead(self, entry: _Entry) -> None:
         """Once the stream has reached the second half of a full window, fetch the next one in

@@ -170,10 +170,6 @@ class EnrichTask(Task[Any, Any]):
         event_id = _event_id_from(args, kwargs)
         return {"event_id": str(event_id)[:64]}, (event_id,)
 
-    def redelivery_key(self, run_args: tuple[Any, ...]) -> object:
-        """What a message's redeliveries are counted under: the unit of work it names."""
-        return run_args[0]
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
         settings = rt.settings
@@ -192,7 +188,7 @@ class EnrichTask(Task[Any, Any]):
                 time.sleep(min(settings.auth_retry_seconds, 5.0))
                 summary = {"outcome": "requeued", "reason": "api_rejects_token"}
                 raise Reject("API rejects the token", requeue=True)
-            counted = self._count_redelivery(rt, self.redelivery_key(run_args))
+            counted = self._count_redelivery(rt)
             outcome = self.run(*run_args)
             if auth_gate.accept():
                 log.info("worker.api_accepts_token")
@@ -253,16 +249,21 @@ class EnrichTask(Task[Any, Any]):
                 **summary,
             )
 
-    def _count_redelivery(self, rt: runtime.Runtime, event_id: object) -> str | None:
+    def _count_redelivery(self, rt: runtime.Runtime) -> str | None:
         """Bounds the loop a poison message would make (it crashes or kills the worker each
-        time): the key it was counted under, or None when it was not counted."""
+        time): the key it was counted under, or None when it was not counted.
+
+        Counted per task message (its task id, which a redelivery keeps), not per event: a
+        producer may send one ID many times, and every copy comes back after a kill."""
         counter = rt.redeliveries
         delivery_info = getattr(self.request, "delivery_info", None) or {}
         if counter is None or not delivery_info.get("redelivered"):
             return None
-        if not isinstance(event_id, str) or len(event_id) > 64:
-            return None  # dead-lettered invalid_event_id anyway
-        key = event_id.lower()
+        task_id = self.request.id
+        if not isinstance(task_id, str) or len(task_id) > 64:
+            return None
+        replays = _replays({"x-replays": getattr(self.request, "x-replays", 0)})
+        key = f"{task_id}:replay:{replays}" if replays else task_id
         try:
             deliveries = counter.count(key)
         except Exception as exc:  # noqa: BLE001 - uncounted this time, never lost
@@ -306,12 +307,6 @@ class CustomerEventTask(EnrichTask):
             )
         context = {"event_name": str(name)[:64], "customer_id": str(customer_id)[:64]}
         return context, (name, customer_id)
-
-    def redelivery_key(self, run_args: tuple[Any, ...]) -> object:
-        name, customer_id = run_args
-        if not isinstance(name, str) or not isinstance(customer_id, str):
-            return None  # dead-lettered invalid_arguments anyway
-        return f"{name.removeprefix('customer.')}:{customer_id}"
 
 
 def _event_id_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

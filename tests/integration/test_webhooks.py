@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -254,9 +255,11 @@ def test_broker_unreachable_is_503(tmp_path: Path, start_web: Any, kind: str) ->
 def test_a_vhost_deleted_under_the_ingress_is_503_then_202_again(
     amqp_url: str, start_web: Any
 ) -> None:
-    down_url = amqp_url.rstrip("/") + "down"  # this suite's own extra vhost, never a sibling's
-    vhost = down_url.rsplit("/", 1)[1]
-    assert vhost.endswith("down") and vhost != amqp_url.rsplit("/", 1)[1]
+    # This suite's own extra vhost, named after the one the tests use, never a sibling's.
+    parts = urllib.parse.urlsplit(amqp_url)
+    vhost = (parts.path[1:].strip("/") or "default") + "-down"
+    down_url = urllib.parse.urlunsplit(parts._replace(path="/" + vhost))
+    assert down_url.endswith("/" + vhost)
     if ensure_vhost(down_url) is None:
         pytest.skip("not a local RabbitMQ: the vhost cannot be deleted")
     try:

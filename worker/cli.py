@@ -54,14 +54,19 @@ def _load_and_log() -> Settings:
 def _run() -> int:
     import os  # noqa: PLC0415
 
+    from worker.cpus import choose_processes, explicit_processes  # noqa: PLC0415 - no sockets
+
     # Decided before gevent patches anything; both paths then check the value with the other
     # settings (a wrong one stops start-up with one line).
-    if os.environ.get("WORKER_PROCESSES", "1").strip().lstrip("0") not in ("", "1"):
+    explicit = explicit_processes(os.environ.get("WORKER_PROCESSES"))
+    if explicit != 1 and (explicit is not None or choose_processes(None).count > 1):
         return _supervise()
     from worker._gevent import patch  # noqa: PLC0415
 
     patch()
     settings = _load_and_log()
+    if not os.environ.get("WORKER_PROCESS_INDEX"):  # a supervisor's child: it logged the choice
+        _log_processes(settings)
     from worker.app import configure  # noqa: PLC0415
 
     celery_app = configure(settings)
@@ -83,9 +88,17 @@ def _run() -> int:
 def _supervise() -> int:
     """Several worker processes under one supervisor (no gevent here: it only runs children)."""
     settings = _load_and_log()
+    _log_processes(settings)
     from worker.supervisor import run  # noqa: PLC0415
 
     return run(settings)
+
+
+def _log_processes(settings: Settings) -> None:
+    import structlog  # noqa: PLC0415
+
+    choice = settings.processes
+    structlog.get_logger().info("worker.processes", chosen=choice.count, source=choice.source)
 
 
 def _queue_name() -> str:

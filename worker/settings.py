@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.cpus import CpuChoice, choose_processes
+
 DEFAULT_API_URL = "https://api.rapidly.tech"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -83,7 +85,8 @@ class Settings(BaseSettings):
 
     # --- the worker's own knobs (README: Configuration)
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
-    worker_processes: int = Field(default=1, ge=1, le=64)
+    # None: one process per CPU this process may use (worker.cpus.choose_processes)
+    worker_processes: int | None = Field(default=None, ge=1, le=64)
     worker_prefetch_multiplier: int = Field(default=1, ge=1, le=16)
     enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -121,6 +124,11 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, value: object) -> object:
@@ -129,6 +137,11 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> RateLimit:
         return RateLimit.parse(self.rapidly_rate_limit)
+
+    @property
+    def processes(self) -> CpuChoice:
+        """How many worker processes, and why: ``WORKER_PROCESSES``, else the CPUs allowed."""
+        return choose_processes(self.worker_processes)
 
     @property
     def http_connections(self) -> int:

@@ -19,7 +19,7 @@ from worker.enrichment import EnrichedRecord
 from worker.errors import ConfigurationError, WorkerError
 from worker.health import HealthState
 from worker.logging import register_secret
-from worker.publishing import DeadLetterPublisher, RecordPublisher
+from worker.publishing import DeadLetterPublisher, RecordPublisher, topology
 from worker.rapidly import (
     EventStore,
     LocalRateLimiter,
@@ -134,13 +134,15 @@ class Runtime:
             redis_namespace=namespace,
             redis_ttl=settings.cache_ttl_seconds,
         )
+        queues = topology(settings.rabbitmq_queue_type)
         publisher = RecordPublisher(
             settings.downstream_url,
             timeout=settings.publish_timeout_seconds,
             pool_size=max(4, min(64, settings.worker_concurrency // 4)),
+            queues=queues,
         )
         dead_letters = DeadLetterPublisher(
-            settings.broker_url, timeout=settings.publish_timeout_seconds
+            settings.broker_url, timeout=settings.publish_timeout_seconds, queues=queues
         )
         service = EnrichmentService(
             store,

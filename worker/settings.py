@@ -55,9 +55,16 @@ class RateLimit:
 
 
 def _broker_url(value: str) -> str:
-    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if scheme not in {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory"}:
-        raise ValueError("expected an amqp://, amqps://, redis:// or rediss:// URL")
+    # Several URLs separated by ";" are kombu's failover list (the nodes of a RabbitMQ cluster):
+    # every one of them must be a broker URL.
+    for url in value.split(";"):
+        url = url.strip()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory"}:
+            raise ValueError(
+                "expected an amqp://, amqps://, redis:// or rediss:// URL "
+                "(several separated by ';' for failover)"
+            )
     return value
 
 
@@ -107,6 +114,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    # quorum: rapidly.events, rapidly.events.dead and rapidly.customer_created as replicated
+    # RabbitMQ quorum queues (docs/cluster.md); producers must then declare them as quorum too.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     health_dir: str = "/tmp/rapidly-worker"  # noqa: S108 - a per-pod emptyDir in Kubernetes
 
     @field_validator("rapidly_rate_limit")
@@ -128,6 +138,11 @@ class Settings(BaseSettings):
     @classmethod
     def _processes(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rabbitmq_queue_type", mode="before")
+    @classmethod
+    def _queue_type(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -11,6 +11,9 @@ from worker.publishing._topology import (
     ENRICHED_EXCHANGE_NAME,
     EVENTS_QUEUE,
     EVENTS_QUEUE_NAME,
+    QueueType,
+    Topology,
+    topology,
 )
 
 __all__ = [
@@ -25,5 +28,8 @@ __all__ = [
     "EVENTS_QUEUE_NAME",
     "DeadLetterPublisher",
     "PublishError",
+    "QueueType",
     "RecordPublisher",
+    "Topology",
+    "topology",
 ]

@@ -21,11 +21,10 @@ from kombu import Connection, Producer
 
 from worker.enrichment import EnrichedRecord
 from worker.publishing._topology import (
-    DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_NAME,
-    DOWNSTREAM_BROKER_ENTITIES,
     ENRICHED_EXCHANGE,
-    INPUT_BROKER_ENTITIES,
+    Topology,
+    topology,
 )
 
 log = structlog.get_logger()
@@ -170,14 +169,20 @@ def _close_quietly(slot: _Slot) -> None:
 class RecordPublisher:
     """Records to the ``rapidly.enriched`` topic exchange on the downstream broker."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = DEFAULT_POOL_SIZE):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        queues: Topology | None = None,
+    ):
+        self._entities = (queues or topology()).downstream_broker_entities
         # Declared again on every new connection: the binding survives a broker that lost it.
-        self._pool = _ConfirmedPool(
-            url, timeout=timeout, size=pool_size, declare=DOWNSTREAM_BROKER_ENTITIES
-        )
+        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=self._entities)
 
     def declare_topology(self) -> None:
-        self._pool.declare(DOWNSTREAM_BROKER_ENTITIES)
+        self._pool.declare(self._entities)
 
     def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
         """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
@@ -199,13 +204,16 @@ class RecordPublisher:
 class DeadLetterPublisher:
     """The original task message, unchanged, to ``rapidly.events.dead`` on the input broker."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 4):
+    def __init__(
+        self, url: str, *, timeout: float = 10.0, pool_size: int = 4, queues: Topology | None = None
+    ):
+        self._queues = queues or topology()
         self._pool = _ConfirmedPool(
-            url, timeout=timeout, size=pool_size, declare=(DEAD_LETTER_QUEUE,)
+            url, timeout=timeout, size=pool_size, declare=(self._queues.dead_letter_queue,)
         )
 
     def declare_topology(self) -> None:
-        self._pool.declare(INPUT_BROKER_ENTITIES)
+        self._pool.declare(self._queues.input_broker_entities)
 
     def publish(
         self,

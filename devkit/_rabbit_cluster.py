@@ -15,6 +15,7 @@ this cluster's temporary directory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -139,6 +140,7 @@ class RabbitCluster:
         for node in self.nodes:
             if _port_open(node.port) or _port_open(node.dist_port):
                 raise RuntimeError(f"port {node.port} or {node.dist_port} is already in use")
+        atexit.register(self.stop)  # a test run that dies still stops its nodes
         try:
             for node in self.nodes:
                 self._start_node(node)
@@ -202,17 +204,7 @@ class RabbitCluster:
         """The node that leads quorum queue ``queue``, asked of a node still running."""
         for node in self.alive():
             out = self.ctl(
-                node,
-                "list_queues",
-                "-p",
-                vhost,
-                "name",
-                "type",
-                "leader",
-                "--formatter",
-                "json",
-                "--no-table-headers",
-                "-q",
+                node, "list_queues", "-p", vhost, "name", "type", "leader", "--formatter", "json"
             )
             if out.returncode != 0:
                 continue
@@ -241,6 +233,8 @@ class RabbitCluster:
 
     def stop(self) -> None:
         """Stop every node, then kill whatever of ours is left, then remove the directory."""
+        if not self.dir.exists():
+            return
         for node in self.nodes:
             if node.proc is None or node.proc.poll() is not None:
                 continue

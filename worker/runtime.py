@@ -151,6 +151,7 @@ class Runtime:
             max_depth=settings.enrich_max_depth,
             lease_wait_seconds=settings.dedupe_lease_seconds + 5,
             on_published=_count_published,
+            unconfirmed_is_published=settings.unconfirmed_is_published,
         )
         return cls(
             settings,

@@ -71,6 +71,7 @@ class EnrichmentService:
         lease_wait_seconds: float,
         sleep: Callable[[float], None] = time.sleep,
         on_published: Callable[[EnrichedRecord], None] | None = None,
+        unconfirmed_is_published: bool = True,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -79,6 +80,11 @@ class EnrichmentService:
         self._lease_wait = lease_wait_seconds
         self._sleep = sleep
         self._on_published = on_published
+        # False (PUBLISH_UNCONFIRMED=retry): a record written but never confirmed goes back to
+        # the queue like an unwritten one. On a cluster a killed node loses what it had taken
+        # but not yet replicated, so there a second record (deduped by message_id downstream)
+        # is the price of losing none.
+        self._unconfirmed_is_published = unconfirmed_is_published
 
     def process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
@@ -103,13 +109,20 @@ class EnrichmentService:
                     record, on_sent=lambda: marked.append(self._mark_sent(mark, lease))
                 )
         except PublishError as exc:
-            if exc.sent and not exc.nacked and marked and all(marked):
+            if (
+                self._unconfirmed_is_published
+                and exc.sent
+                and not exc.nacked
+                and marked
+                and all(marked)
+            ):
                 # The record was written whole and marked; only its confirm is missing (the
                 # connection dropped while waiting). Publishing again would break the contract's
                 # at-most-once promise, so it counts as published; logged for the operator.
                 log.warning("publish.unconfirmed", event_id=event_id, error=str(exc))
                 return Outcome("published", record)
-            # Not written, or refused (nacked): it goes back to the queue.
+            # Not written, refused (nacked), or unconfirmed with PUBLISH_UNCONFIRMED=retry: it
+            # goes back to the queue, and the lease or sent mark of this claim is released.
             self._release_quietly(lease)
             raise NotPublished(exc) from exc
         except BaseException:

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # quorum: rapidly.events, rapidly.events.dead and rapidly.customer_created as replicated
     # RabbitMQ quorum queues (docs/cluster.md); producers must then declare them as quorum too.
     rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
+    # A record written whose confirm never came: "published" (at most once) or "retry" (back to
+    # the queue: at least once). Unset: retry with quorum queues (a cluster), else published.
+    publish_unconfirmed: Literal["published", "retry"] | None = None
     health_dir: str = "/tmp/rapidly-worker"  # noqa: S108 - a per-pod emptyDir in Kubernetes
 
     @field_validator("rapidly_rate_limit")
@@ -139,10 +142,12 @@ class Settings(BaseSettings):
     def _processes(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("rabbitmq_queue_type", mode="before")
+    @field_validator("rabbitmq_queue_type", "publish_unconfirmed", mode="before")
     @classmethod
-    def _queue_type(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
+    def _lower(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -157,6 +162,12 @@ class Settings(BaseSettings):
     def processes(self) -> CpuChoice:
         """How many worker processes, and why: ``WORKER_PROCESSES``, else the CPUs allowed."""
         return choose_processes(self.worker_processes)
+
+    @property
+    def unconfirmed_is_published(self) -> bool:
+        if self.publish_unconfirmed is None:
+            return self.rabbitmq_queue_type != "quorum"
+        return self.publish_unconfirmed == "published"
 
     @property
     def http_connections(self) -> int:

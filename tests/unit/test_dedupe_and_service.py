@@ -167,6 +167,29 @@ def test_written_but_unconfirmed_counts_as_published(api: FakeApi, store: EventS
     assert dedupe.is_done(event["id"])
 
 
+def test_written_but_unconfirmed_is_retried_when_asked(api: FakeApi, store: EventStore) -> None:
+    """PUBLISH_UNCONFIRMED=retry (a cluster): the mark is released and the message requeued, so
+    the redelivery publishes again (a duplicate if the broker had routed the first one)."""
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = LocalDedupeStore(ttl=60, lease=30)
+    service = EnrichmentService(
+        store,
+        FakePublisher(dedupe, fail="confirm"),
+        dedupe,
+        max_depth=100,
+        lease_wait_seconds=0.0,
+        sleep=lambda _: None,
+        unconfirmed_is_published=False,
+    )
+    with pytest.raises(NotPublished):
+        service.process(event["id"])
+    assert not dedupe.is_done(event["id"])
+    ok = FakePublisher(dedupe)
+    assert service_for(store, dedupe, ok).process(event["id"]).outcome == "published"
+    assert len(ok.published) == 1
+
+
 @pytest.mark.parametrize("fail", ["before", "nack"])
 def test_failed_publish_clears_the_mark_and_requeues(
     api: FakeApi, store: EventStore, fail: str

@@ -53,3 +53,19 @@ def test_failover_broker_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match="BROKER_URL") as caught:
         load_settings(require_token=False)
     assert "u:p" not in str(caught.value)
+
+
+def test_unconfirmed_records_default_follows_the_queue_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(require_token=False).unconfirmed_is_published
+    monkeypatch.setenv("RABBITMQ_QUEUE_TYPE", "quorum")
+    assert not load_settings(require_token=False).unconfirmed_is_published
+    monkeypatch.setenv("PUBLISH_UNCONFIRMED", "published")
+    assert load_settings(require_token=False).unconfirmed_is_published
+    monkeypatch.setenv("RABBITMQ_QUEUE_TYPE", "classic")
+    monkeypatch.setenv("PUBLISH_UNCONFIRMED", "retry")
+    assert not load_settings(require_token=False).unconfirmed_is_published
+    monkeypatch.setenv("PUBLISH_UNCONFIRMED", "maybe")
+    with pytest.raises(SettingsError, match="PUBLISH_UNCONFIRMED"):
+        load_settings(require_token=False)

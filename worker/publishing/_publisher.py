@@ -121,8 +121,12 @@ class _ConfirmedPool:
                     timeout=self._timeout,
                 )
         except MessageNacked:
-            self._idle.put(slot)  # type: ignore[arg-type]  # the connection itself is fine
-            slot = None
+            # A new channel next time: on a cluster, a channel whose publishes were refused
+            # because a quorum queue's leader died kept refusing them after a new leader was
+            # elected (seen in tests/cluster); a fresh channel looks the leader up again.
+            if slot is not None:
+                _close_quietly(slot)
+                slot = None
             raise PublishError(
                 "the broker refused (nacked) the message", sent=True, nacked=True
             ) from None

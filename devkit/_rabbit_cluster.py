@@ -200,18 +200,34 @@ class RabbitCluster:
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def leader(self, queue: str, vhost: str = "/") -> str:
-        """The node that leads quorum queue ``queue``, asked of a node still running."""
-        for node in self.alive():
-            out = self.ctl(
-                node, "list_queues", "-p", vhost, "name", "type", "leader", "--formatter", "json"
-            )
-            if out.returncode != 0:
-                continue
-            for row in json.loads(out.stdout or "[]"):
-                if row.get("name") == queue:
-                    return str(row.get("leader", ""))
-        raise LookupError(f"no running node knows queue {queue!r}")
+    def leader(self, queue: str, vhost: str = "/", timeout: float = 60) -> str:
+        """The node that leads quorum queue ``queue``, asked of the nodes still running (a queue
+        just declared, or a node just killed, may need a few tries)."""
+        deadline = time.monotonic() + timeout
+        problem = ""
+        while True:
+            for node in self.alive():
+                out = self.ctl(
+                    node,
+                    "list_queues",
+                    "-p",
+                    vhost,
+                    "name",
+                    "type",
+                    "leader",
+                    "--formatter",
+                    "json",
+                )
+                if out.returncode != 0:
+                    problem = f"{node.name}: {(out.stderr or out.stdout).strip()[-300:]}"
+                    continue
+                for row in json.loads(out.stdout or "[]"):
+                    if row.get("name") == queue and row.get("leader"):
+                        return str(row["leader"])
+                problem = f"{node.name} lists no leader for {queue!r}"
+            if time.monotonic() > deadline:
+                raise LookupError(f"no leader of {queue!r} found: {problem}")
+            time.sleep(1.0)
 
     def queue_type(self, queue: str, vhost: str = "/") -> str:
         for node in self.alive():

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-floor unit lint typecheck deploy-check bench faults clean
+.PHONY: demo test test-floor unit lint typecheck deploy-check bench faults cluster clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 
 faults: $(STAMP)
 	$(BIN)/python -m pytest -q tests/faults -m "faults or slow_faults" --run-slow-faults
+
+# A three-node RabbitMQ cluster of its own on 5701-5703 (docs/cluster.md); a few minutes.
+cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/cluster --run-cluster --basetemp=/tmp/rapidly-cluster-tests
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .mypy_cache .ruff_cache

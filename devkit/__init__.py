@@ -1,7 +1,8 @@
 """Development tooling shared by the benchmark (``bench/``) and the test suites (``tests/``): the
 contract's names as a producer and a consumer see them, the API simulator as a child process, the
-Procfile line, RabbitMQ vhosts and queues, and a machine-wide lock. Not part of the worker and not
-shipped in its package: nothing here is imported by ``worker/`` or ``tasks/``.
+Procfile line, RabbitMQ vhosts and queues, a throw-away three-node RabbitMQ cluster, and a
+machine-wide lock. Not part of the worker and not shipped in its package: nothing here is
+imported by ``worker/`` or ``tasks/``.
 """
 
 from devkit._broker import (
@@ -26,6 +27,7 @@ from devkit._processes import (
     free_port,
     procfile_command,
 )
+from devkit._rabbit_cluster import RabbitCluster, cluster_tools_missing
 from devkit._redis import RedisServer
 from devkit._schema import SCHEMA_PATH, record_errors, record_schema, validate_record
 
@@ -40,9 +42,11 @@ __all__ = [
     "SCHEMA_PATH",
     "TOKEN",
     "VENV_BIN",
+    "RabbitCluster",
     "RedisServer",
     "SimulatorProcess",
     "VhostProblem",
+    "cluster_tools_missing",
     "ensure_vhost",
     "free_port",
     "machine_lock",

@@ -32,7 +32,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.health import HEARTBEAT_INTERVAL_SECONDS
-from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, EVENTS_QUEUE, EVENTS_QUEUE_NAME
+from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, EVENTS_QUEUE, EVENTS_QUEUE_NAME, topology
 from worker.rapidly._store import api_calls
 from worker.settings import Settings
 
@@ -82,6 +82,9 @@ app.conf.update(
 def configure(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
+        # quorum: the consumer declares x-queue-type quorum, and Celery, seeing it, switches to
+        # per-consumer prefetch (quorum queues have no global QoS; worker_detect_quorum_queues).
+        task_queues=(topology(settings.rabbitmq_queue_type).events_queue,),
         worker_concurrency=settings.worker_concurrency,
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         # Redis redelivers an unacked message after this; it must outlast the longest event
@@ -425,6 +428,21 @@ def _body_bytes(message: Any) -> bytes:
 class DeadLetteringConsumer(Consumer):
     """Messages Celery cannot run (wrong content type, undecodable body, unknown task, not a
     Celery message) are dead-lettered with a reason instead of being dropped; none is executed."""
+
+    # Without Celery's native delayed delivery, which it adds for quorum queues (28 more
+    # exchanges and quorum queues per broker URL): this worker never sends a task with an eta or
+    # a countdown, its retries wait inside the task.
+    Blueprint = type(
+        "Blueprint",
+        (Consumer.Blueprint,),
+        {
+            "default_steps": [
+                step
+                for step in Consumer.Blueprint.default_steps
+                if not step.endswith(":DelayedDelivery")
+            ]
+        },
+    )
 
     def _dead_letter_raw(self, message: Any, reason: str, detail: str) -> None:
         if dead_letter(message, reason, detail, 0):

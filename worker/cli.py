@@ -119,14 +119,19 @@ def _load_and_log() -> Settings:
 def _run() -> int:
     import os  # noqa: PLC0415
 
+    from worker.cpus import choose_processes, explicit_processes  # noqa: PLC0415 - no sockets
+
     # Decided before gevent patches anything; both paths then check the value with the other
     # settings (a wrong one stops start-up with one line).
-    if os.environ.get("WORKER_PROCESSES", "1").strip().lstrip("0") not in ("", "1"):
+    explicit = explicit_processes(os.environ.get("WORKER_PROCESSES"))
+    if explicit != 1 and (explicit is not None or choose_processes(None).count > 1):
         return _supervise()
     from worker._gevent import patch  # noqa: PLC0415
 
     patch()
     settings = _load_and_log()
+    if not os.environ.get("WORKER_PROCESS_INDEX"):  # a supervisor's child: it logged the choice
+        _log_processes(settings)
     from worker.app import configure  # noqa: PLC0415
 
     celery_app = configure(settings)
@@ -148,6 +153,7 @@ def _run() -> int:
 def _supervise() -> int:
     """Several worker processes under one supervisor (no gevent here: it only runs children)."""
     settings = _load_and_log()
+    _log_processes(settings)
     from worker.supervisor import run  # noqa: PLC0415
 
     return run(settings)
@@ -169,6 +175,13 @@ def _web() -> int:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     run(settings)
     return 0
+
+
+def _log_processes(settings: Settings) -> None:
+    import structlog  # noqa: PLC0415
+
+    choice = settings.processes
+    structlog.get_logger().info("worker.processes", chosen=choice.count, source=choice.source)
 
 
 def _queue_name() -> str:
@@ -209,6 +222,7 @@ def _replay(args: Any) -> int:
         limit=args.limit,
         dry_run=args.dry_run,
         timeout=settings.publish_timeout_seconds,
+        queue_type=settings.rabbitmq_queue_type,
     )
     for line in result.listed:
         print(line)
@@ -240,7 +254,7 @@ def _backfill(args: Any) -> int:
         default_checkpoint_path,
     )
     from worker.errors import WorkerError  # noqa: PLC0415
-    from worker.publishing import TaskPublisher  # noqa: PLC0415
+    from worker.publishing import TaskPublisher, topology  # noqa: PLC0415
     from worker.rapidly import EventStore, RapidlyClient, RetryPolicy  # noqa: PLC0415
     from worker.rapidly._ratelimit import DispatchingLimiter  # noqa: PLC0415
     from worker.runtime import fleet_limiter, redis_client  # noqa: PLC0415
@@ -270,7 +284,11 @@ def _backfill(args: Any) -> int:
         redis_ttl=settings.cache_ttl_seconds,
         root_window=0,
     )
-    publisher = TaskPublisher(settings.broker_url, timeout=settings.publish_timeout_seconds)
+    publisher = TaskPublisher(
+        settings.broker_url,
+        timeout=settings.publish_timeout_seconds,
+        queues=topology(settings.rabbitmq_queue_type),
+    )
     bar = None
     if not args.no_progress:
         from tqdm import tqdm  # noqa: PLC0415

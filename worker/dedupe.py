@@ -256,9 +256,9 @@ class RedeliveryCounter:
     """How many times a task message came back without an outcome (a crash, a kill, the worker
     lost, an OOM while enriching it). Celery's ``Reject(requeue=True)`` returns the message
     unchanged, so the count cannot ride in a header: it lives beside the dedupe marks, per task
-    id (and replay). Requeues for the deployment's reasons (broker down, token rejected, downstream refusing)
-    take their count back (``uncount``); a published or dead-lettered event ``forget``s it. Only
-    redeliveries are counted: a first delivery costs no Redis call."""
+    id (and replay). Requeues for the deployment's reasons (broker down, token rejected,
+    downstream refusing) take their count back (``uncount``); a published or dead-lettered
+    message ``forget``s it. Only redeliveries are counted: a first delivery costs no Redis call."""
 
     def __init__(self, redis: Any = None, namespace: str = "", *, ttl: int = 7 * 86_400):
         self._redis = redis

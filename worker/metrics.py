@@ -4,7 +4,19 @@ switched on by ``PROMETHEUS_MULTIPROC_DIR``, which the supervisor sets for its c
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import errno
+
+import structlog
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+log = structlog.get_logger()
 
 EVENTS = Counter("rapidly_events", "Events processed, by outcome", ["outcome"])
 API_REQUESTS = Counter(
@@ -41,6 +53,16 @@ def observe_api(kind: str, status: str, seconds: float) -> None:
     API_SECONDS.labels(kind).observe(seconds)
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port)
+def serve(port: int, registry: CollectorRegistry = REGISTRY) -> bool:
+    """Serve ``/metrics`` on ``port`` (0: off). A port in use is one warning, not a failed start:
+    several worker lines on one host (same ``METRICS_PORT``) must all run; the first serves."""
+    if not port:
+        return False
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        log.warning("metrics.port_in_use", port=port, detail="running without a metrics endpoint")
+        return False
+    return True

@@ -21,7 +21,13 @@ from typing import Any
 import structlog
 from kombu import Connection
 
-from worker.publishing import DEAD_LETTER_QUEUE, PublishError, TaskMessage, TaskPublisher
+from worker.publishing import (
+    PublishError,
+    QueueType,
+    TaskMessage,
+    TaskPublisher,
+    topology,
+)
 
 log = structlog.get_logger()
 
@@ -80,15 +86,18 @@ def replay(
     limit: int | None = None,
     dry_run: bool = False,
     timeout: float = 10.0,
+    queue_type: QueueType = "classic",
 ) -> ReplayResult:
     result = ReplayResult(dry_run=dry_run)
-    publisher = None if dry_run else TaskPublisher(broker_url, timeout=timeout)
+    publisher = (
+        None if dry_run else TaskPublisher(broker_url, timeout=timeout, queues=topology(queue_type))
+    )
     held: list[Any] = []
     with Connection(broker_url, connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=3)
         channel: Any = conn.channel()
         try:
-            dead = DEAD_LETTER_QUEUE.bind(channel)
+            dead = topology(queue_type).dead_letter_queue.bind(channel)
             dead.exchange.declare()
             # Not passive: on Redis an empty queue does not exist and a passive declare fails.
             declared: Any = dead.queue_declare()

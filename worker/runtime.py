@@ -20,7 +20,7 @@ from worker.enrichment import EnrichedRecord
 from worker.errors import ConfigurationError, WorkerError
 from worker.health import HealthState
 from worker.logging import register_secret
-from worker.publishing import DeadLetterPublisher, PublishError, RecordPublisher
+from worker.publishing import DeadLetterPublisher, PublishError, RecordPublisher, topology
 from worker.rapidly import (
     EventStore,
     LocalRateLimiter,
@@ -151,14 +151,16 @@ class Runtime:
             redis_ttl=settings.cache_ttl_seconds,
         )
         health = HealthState(settings.health_dir)
+        queues = topology(settings.rabbitmq_queue_type)
         publisher = RecordPublisher(
             settings.downstream_url,
             timeout=settings.publish_timeout_seconds,
             pool_size=max(4, min(64, settings.worker_concurrency // 4)),
             observer=_downstream_observer(health),
+            queues=queues,
         )
         dead_letters = DeadLetterPublisher(
-            settings.broker_url, timeout=settings.publish_timeout_seconds
+            settings.broker_url, timeout=settings.publish_timeout_seconds, queues=queues
         )
         service = EnrichmentService(
             store,

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.cpus import CpuChoice, choose_processes
+
 DEFAULT_API_URL = "https://api.rapidly.tech"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -62,9 +64,16 @@ class RateLimit:
 
 
 def _broker_url(value: str) -> str:
-    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if scheme not in {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory"}:
-        raise ValueError("expected an amqp://, amqps://, redis:// or rediss:// URL")
+    # Several URLs separated by ";" are kombu's failover list (the nodes of a RabbitMQ cluster):
+    # every one of them must be a broker URL.
+    for url in value.split(";"):
+        url = url.strip()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in {"amqp", "amqps", "pyamqp", "redis", "rediss", "memory"}:
+            raise ValueError(
+                "expected an amqp://, amqps://, redis:// or rediss:// URL "
+                "(several separated by ';' for failover)"
+            )
     return value
 
 
@@ -101,7 +110,8 @@ class Settings(BaseSettings):
 
     # --- the worker's own knobs (README: Configuration)
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
-    worker_processes: int = Field(default=1, ge=1, le=64)
+    # None: one process per CPU this process may use (worker.cpus.choose_processes)
+    worker_processes: int | None = Field(default=None, ge=1, le=64)
     worker_prefetch_multiplier: int = Field(default=1, ge=1, le=16)
     enrich_max_depth: int = Field(default=100, ge=1, le=100_000)
     api_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -134,6 +144,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    # quorum: rapidly.events, rapidly.events.dead and rapidly.customer_created as replicated
+    # RabbitMQ quorum queues (docs/cluster.md); producers must then declare them as quorum too.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     health_dir: str = "/tmp/rapidly-worker"  # noqa: S108 - a per-pod emptyDir in Kubernetes
     # --- rapidly-worker backfill (docs/backfill.md)
     backfill_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
@@ -174,6 +187,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _processes(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rabbitmq_queue_type", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, value: object) -> object:
@@ -182,6 +207,11 @@ class Settings(BaseSettings):
     @property
     def rate_limit(self) -> RateLimit:
         return RateLimit.parse(self.rapidly_rate_limit)
+
+    @property
+    def processes(self) -> CpuChoice:
+        """How many worker processes, and why: ``WORKER_PROCESSES``, else the CPUs allowed."""
+        return choose_processes(self.worker_processes)
 
     @property
     def http_connections(self) -> int:

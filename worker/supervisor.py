@@ -79,7 +79,7 @@ def _pdeathsig() -> Any:
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._n = settings.worker_processes
+        self._n = settings.processes.count
         self._command = [sys.executable, "-m", "worker", "run"]
         self._health = Path(settings.health_dir)
         self._metrics_dir = self._health / "metrics"
@@ -106,12 +106,14 @@ class Supervisor:
         port = self._settings.metrics_port
         if not port:
             return
-        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
         from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+        from worker.metrics import serve  # noqa: PLC0415
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
-        start_http_server(port, registry=registry)
+        serve(port, registry=registry)
 
     def _env(self, index: int) -> dict[str, str]:
         env = dict(os.environ)

@@ -207,6 +207,7 @@ def fault_worker_env(api_url: str, redis_url: str, tmp: Path, **extra: str) -> d
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "WORKER_CONCURRENCY": "50",
+        "WORKER_PROCESSES": "1",  # the figures (calls, RSS) are one process's; not per host
         "API_TIMEOUT_SECONDS": "2",  # the simulator's 5 s stalls must trip it
         "NOT_FOUND_WAIT_SECONDS": "8",  # lag_reads=2 needs 0.75 s of 404 back-off, plus 5xx
         "AUTH_RETRY_SECONDS": "1",

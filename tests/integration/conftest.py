@@ -95,7 +95,11 @@ def start_worker(tmp_path: Path, sim: SimulatorProcess) -> Iterator:
         redis.Redis.from_url(REDIS_STORE_URL).flushdb()  # dedupe marks of earlier tests
 
     def start(
-        broker: str, *, redis_url: str | None = REDIS_STORE_URL, **extra: str
+        broker: str,
+        *,
+        redis_url: str | None = REDIS_STORE_URL,
+        wrapper: tuple[str, ...] = (),
+        **extra: str,
     ) -> WorkerProcess:
         env = worker_env(
             api_url=sim.url,
@@ -104,7 +108,8 @@ def start_worker(tmp_path: Path, sim: SimulatorProcess) -> Iterator:
             redis_url=redis_url,
             **extra,
         )
-        worker = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log").start()
+        worker = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log", wrapper=wrapper)
+        worker.start()
         workers.append(worker)
         worker.wait_ready()
         return worker

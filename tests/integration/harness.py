@@ -45,6 +45,8 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    # Run the Procfile line under this command, e.g. ("taskset", "-c", "0"): one CPU.
+    wrapper: tuple[str, ...] = ()
     starts: int = 0
     logs: list[str] = field(default_factory=list)
 
@@ -54,7 +56,7 @@ class WorkerProcess:
         self.starts += 1
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            ["bash", "-c", procfile_command()],
+            [*self.wrapper, "bash", "-c", procfile_command()],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -173,6 +175,8 @@ def worker_env(
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "WORKER_CONCURRENCY": "50",
+        # One process unless a test asks for more: the default (one per CPU) depends on the host.
+        "WORKER_PROCESSES": "1",
         "NOT_FOUND_WAIT_SECONDS": "2",
         "RETRY_BUDGET_SECONDS": "10",
         "AUTH_RETRY_SECONDS": "1",

@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devkit import TOKEN, VENV_BIN, SimulatorProcess
+from devkit import TOKEN, VENV_BIN, SimulatorProcess, free_port
 from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, producer, send
+from worker.cpus import choose_processes
 
 
 def wait_for_lines(worker: WorkerProcess, event: str, count: int, timeout: float = 60) -> None:
@@ -113,3 +114,77 @@ def test_a_killed_process_is_restarted_and_nothing_is_lost(
     assert Counter(m.properties["message_id"] for m in records) == Counter(expected)
     time.sleep(6)
     assert health(worker, "ready").returncode == 0
+
+
+# --- WORKER_PROCESSES' default: the CPUs this process may use
+
+
+def processes_line(worker: WorkerProcess) -> dict[str, Any]:
+    wait_for_lines(worker, "worker.processes", 1)
+    return next(r for r in worker.log_records() if r.get("event") == "worker.processes")
+
+
+def test_limited_to_one_cpu_the_default_is_one_process(
+    sim: SimulatorProcess, amqp_url: str, start_worker: Any
+) -> None:
+    worker = start_worker(amqp_url, wrapper=("taskset", "-c", "0"), WORKER_PROCESSES="")
+    line = processes_line(worker)
+    assert (line["chosen"], line["source"]) == (1, "affinity")
+    assert not any(r.get("event") == "supervisor.started" for r in worker.log_records())
+    expected = [e["id"] for e in sim.dataset()["events"]][:30]
+    app = producer(amqp_url)
+    for event_id in expected:
+        send(app, event_id)
+    records = drain(amqp_url, ALL_RECORDS, expect=len(expected), timeout=120)
+    assert Counter(m.properties["message_id"] for m in records) == Counter(expected)
+    ready = [r for r in worker.log_records() if r.get("event") == "worker.consumer_ready"]
+    assert len(ready) == 1
+
+
+def test_an_explicit_value_wins_over_the_cpus(amqp_url: str, start_worker: Any) -> None:
+    worker = start_worker(amqp_url, wrapper=("taskset", "-c", "0"), WORKER_PROCESSES="2")
+    line = processes_line(worker)
+    assert (line["chosen"], line["source"]) == (2, "setting")
+    wait_for_lines(worker, "worker.consumer_ready", 2)
+    assert set(child_pids(worker)) == {0, 1}
+
+
+def test_the_default_follows_the_affinity(amqp_url: str, start_worker: Any) -> None:
+    expected = choose_processes(None)
+    worker = start_worker(amqp_url, WORKER_PROCESSES="")
+    line = processes_line(worker)
+    assert (line["chosen"], line["source"]) == (expected.count, expected.source)
+    if expected.count > 1:
+        wait_for_lines(worker, "worker.consumer_ready", expected.count)
+        assert set(child_pids(worker)) == set(range(expected.count))
+
+
+def test_several_worker_lines_share_one_metrics_port(
+    sim: SimulatorProcess, amqp_url: str, start_worker: Any
+) -> None:
+    """Three Procfile lines on one host, one METRICS_PORT: the first serves it, the others warn
+    once and consume (one process, whose boot handler serves metrics; and a supervisor)."""
+    port = free_port()
+    first = start_worker(amqp_url, METRICS_PORT=str(port), WORKER_PROCESSES="1")
+    single = start_worker(amqp_url, METRICS_PORT=str(port), WORKER_PROCESSES="1")
+    supervised = start_worker(amqp_url, METRICS_PORT=str(port), WORKER_PROCESSES="2")
+    wait_for_lines(supervised, "worker.consumer_ready", 2)
+    for worker in (single, supervised):
+        warnings = [r for r in worker.log_records() if r.get("event") == "metrics.port_in_use"]
+        assert len(warnings) == 1, worker.log_text()[-2000:]
+        assert warnings[0]["port"] == port
+        assert "Traceback" not in worker.log_text()
+    assert any(r.get("event") == "worker.started" for r in single.log_records())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+
+    expected = [e["id"] for e in sim.dataset()["events"]]
+    app = producer(amqp_url)
+    for event_id in expected:
+        send(app, event_id)
+    records = drain(amqp_url, ALL_RECORDS, expect=len(expected), timeout=180, settle=1.0)
+    assert Counter(m.properties["message_id"] for m in records) == Counter(expected)
+    for worker in (first, single, supervised):
+        assert worker.alive()
+        finished = [r for r in worker.log_records() if r.get("event") == "enrich.finished"]
+        assert finished, f"a worker line consumed nothing:\n{worker.log_text()[-2000:]}"

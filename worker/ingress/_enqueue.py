@@ -21,7 +21,13 @@ import structlog
 from celery import Celery
 from kombu.utils.json import dumps as kombu_dumps
 
-from worker.publishing import ENRICH_CUSTOMER_TASK_NAME, PublishError, TaskMessage, TaskPublisher
+from worker.publishing import (
+    ENRICH_CUSTOMER_TASK_NAME,
+    PublishError,
+    TaskMessage,
+    TaskPublisher,
+    Topology,
+)
 
 log = structlog.get_logger()
 
@@ -39,9 +45,11 @@ class BrokerUnavailable(Exception):
 
 
 class Enqueuer:
-    def __init__(self, broker_url: str, *, publishers: int = 8) -> None:
+    def __init__(
+        self, broker_url: str, *, publishers: int = 8, queues: Topology | None = None
+    ) -> None:
         self._publisher = TaskPublisher(
-            broker_url, timeout=BROKER_TIMEOUT_SECONDS, pool_size=publishers
+            broker_url, timeout=BROKER_TIMEOUT_SECONDS, pool_size=publishers, queues=queues
         )
         self._publishers = publishers
         self._executor = ThreadPoolExecutor(publishers, thread_name_prefix="publish")

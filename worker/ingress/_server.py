@@ -32,6 +32,7 @@ from worker.ingress._enqueue import (
 )
 from worker.ingress._settings import IngressSettings
 from worker.ingress._verify import NotAWebhook, Unauthorized, Webhook, WebhookVerifier, parse
+from worker.publishing import topology
 
 log = structlog.get_logger()
 
@@ -217,7 +218,11 @@ def build(settings: IngressSettings) -> Ingress:
     )
     return Ingress(
         WebhookVerifier(settings.secrets),
-        Enqueuer(settings.broker_url, publishers=settings.webhook_publishers),
+        Enqueuer(
+            settings.broker_url,
+            publishers=settings.webhook_publishers,
+            queues=topology(settings.rabbitmq_queue_type),
+        ),
         seen,
         max_in_flight=settings.webhook_max_in_flight,
     )

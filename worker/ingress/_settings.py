@@ -42,6 +42,8 @@ class IngressSettings(BaseSettings):
     webhook_dedupe_ttl_seconds: int = Field(default=DEFAULT_DEDUPE_TTL_SECONDS, ge=60)
     webhook_max_in_flight: int = Field(default=256, ge=1, le=10_000)
     webhook_publishers: int = Field(default=8, ge=1, le=64)
+    # The workers' RABBITMQ_QUEUE_TYPE: rapidly.events is declared the same way on both sides.
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -18,6 +18,9 @@ from worker.publishing._topology import (
     ENRICHED_EXCHANGE_NAME,
     EVENTS_QUEUE,
     EVENTS_QUEUE_NAME,
+    QueueType,
+    Topology,
+    topology,
 )
 
 __all__ = [
@@ -33,7 +36,10 @@ __all__ = [
     "EVENTS_QUEUE_NAME",
     "DeadLetterPublisher",
     "PublishError",
+    "QueueType",
     "RecordPublisher",
     "TaskMessage",
     "TaskPublisher",
+    "Topology",
+    "topology",
 ]

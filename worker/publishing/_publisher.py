@@ -23,14 +23,12 @@ from kombu.exceptions import OperationalError
 
 from worker.enrichment import EnrichedRecord
 from worker.publishing._topology import (
-    DEAD_LETTER_QUEUE,
     DEAD_LETTER_QUEUE_NAME,
-    DOWNSTREAM_BROKER_ENTITIES,
     ENRICHED_EXCHANGE,
     EVENTS_EXCHANGE,
-    EVENTS_QUEUE,
     EVENTS_QUEUE_NAME,
-    INPUT_BROKER_ENTITIES,
+    Topology,
+    topology,
 )
 
 log = structlog.get_logger()
@@ -155,8 +153,12 @@ class _ConfirmedPool:
                     timeout=self._timeout,
                 )
         except MessageNacked:
-            self._idle.put(slot)  # type: ignore[arg-type]  # the connection itself is fine
-            slot = None
+            # A new channel next time: on a cluster, a channel whose publishes were refused
+            # because a quorum queue's leader died kept refusing them after a new leader was
+            # elected (seen in tests/cluster); a fresh channel looks the leader up again.
+            if slot is not None:
+                _close_quietly(slot)
+                slot = None
             raise PublishError(
                 "the broker refused (nacked) the message", sent=True, nacked=True
             ) from None
@@ -249,17 +251,17 @@ class RecordPublisher:
         timeout: float = 10.0,
         pool_size: int = DEFAULT_POOL_SIZE,
         observer: Callable[[PublishError | None], None] | None = None,
+        queues: Topology | None = None,
     ):
+        self._entities = (queues or topology()).downstream_broker_entities
         # Declared again on every new connection: the binding survives a broker that lost it.
-        self._pool = _ConfirmedPool(
-            url, timeout=timeout, size=pool_size, declare=DOWNSTREAM_BROKER_ENTITIES
-        )
+        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=self._entities)
         # Told of every confirmed publish (None) and every failure that is not the record's own:
         # readiness follows the downstream broker's answers.
         self._observer = observer
 
     def declare_topology(self) -> None:
-        self._pool.declare(DOWNSTREAM_BROKER_ENTITIES)
+        self._pool.declare(self._entities)
 
     def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
         """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
@@ -288,13 +290,16 @@ class RecordPublisher:
 class DeadLetterPublisher:
     """The original task message, unchanged, to ``rapidly.events.dead`` on the input broker."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 4):
+    def __init__(
+        self, url: str, *, timeout: float = 10.0, pool_size: int = 4, queues: Topology | None = None
+    ):
+        self._queues = queues or topology()
         self._pool = _ConfirmedPool(
-            url, timeout=timeout, size=pool_size, declare=(DEAD_LETTER_QUEUE,)
+            url, timeout=timeout, size=pool_size, declare=(self._queues.dead_letter_queue,)
         )
 
     def declare_topology(self) -> None:
-        self._pool.declare(INPUT_BROKER_ENTITIES)
+        self._pool.declare(self._queues.input_broker_entities)
 
     def publish(
         self,
@@ -339,13 +344,23 @@ class TaskPublisher:
     """Task messages to ``rapidly.events`` on the input broker, confirmed one by one: the
     backfill's new ``events.enrich`` tasks and replayed dead letters."""
 
-    def __init__(self, url: str, *, timeout: float = 10.0, pool_size: int = 1):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = 1,
+        queues: Topology | None = None,
+    ):
         self._url = url
         self._timeout = timeout
-        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=(EVENTS_QUEUE,))
+        self._queues = queues or topology()
+        self._pool = _ConfirmedPool(
+            url, timeout=timeout, size=pool_size, declare=(self._queues.events_queue,)
+        )
 
     def declare_topology(self) -> None:
-        self._pool.declare(INPUT_BROKER_ENTITIES)
+        self._pool.declare(self._queues.input_broker_entities)
 
     def prefill(self, count: int) -> None:
         """Open up to ``count`` pooled connections now (the webhook ingress's first webhooks)."""

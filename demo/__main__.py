@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     cc_bodies = [json.loads(m.body) for m in cc]
     for body in cc_bodies[: args.show]:
         print(json.dumps(body, indent=2, ensure_ascii=False))
+    from devkit import SCHEMA_PATH, record_errors
+
+    invalid = [e for b in [*bodies, *webhook_records] for e in record_errors(b)]
     incomplete = Counter(
         b["hierarchy"]["incomplete_reason"] for b in bodies if not b["hierarchy"]["complete"]
     )
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "api_calls_per_event": round(api_calls / max(1, len(ids) + len(bad)), 3),
         "seconds": round(elapsed, 2),
         "webhooks": webhooks,
+        "records_failing_the_schema": len(invalid),
     }
     print("summary:", json.dumps(summary, indent=2))
     for record in webhook_records:
@@ -140,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             f"customer {event['customer_id']} ({event['customer']['email']})"
         )
     missing = len(ids) - len(bodies)
+    if invalid:
+        print(
+            f"demo FAILED: records that do not validate against {SCHEMA_PATH.name}:",
+            file=sys.stderr,
+        )
+        print("\n".join(invalid[:10]), file=sys.stderr)
+        return 1
     if webhooks["customer_created_records"] != webhooks["customers"]:
         print("demo FAILED: a webhook did not lead to its record", file=sys.stderr)
         return 1

@@ -53,7 +53,8 @@ from typing import Any
 import structlog
 from kombu import Connection
 
-from worker.publishing import EVENTS_QUEUE, PublishError, TaskMessage, TaskPublisher
+from worker.errors import BackfillError, PublishError
+from worker.publishing import EVENTS_QUEUE, TaskMessage, TaskPublisher
 from worker.rapidly import Event, EventStore
 from worker.rapidly._client import LIST_PAGE_SIZE
 from worker.rapidly._store import api_calls
@@ -69,10 +70,6 @@ MAX_PENDING = 2000
 TIE_RUN_ATTEMPTS = 3
 PUBLISH_ATTEMPTS = 5
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class BackfillError(Exception):
-    """The backfill cannot go on (checkpoint of another window, broker refusing); one line."""
 
 
 # --- time as integer microseconds: the API's timestamps are exact to the microsecond

@@ -1,8 +1,8 @@
 """Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
 
+from worker.errors import PublishError
 from worker.publishing._publisher import (
     DeadLetterPublisher,
-    PublishError,
     RecordPublisher,
     TaskMessage,
     TaskPublisher,

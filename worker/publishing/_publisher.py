@@ -22,6 +22,7 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
 from worker.enrichment import EnrichedRecord
+from worker.errors import PublishError
 from worker.publishing._topology import (
     DEAD_LETTER_QUEUE_NAME,
     ENRICHED_EXCHANGE,
@@ -46,33 +47,6 @@ _KEPT_PROPERTIES = (
     "user_id",
     "timestamp",
 )
-
-
-class PublishError(Exception):
-    """The broker did not confirm: the input must not be acknowledged.
-
-    ``sent`` tells whether the message had already been written to the broker (the confirm then
-    failed or timed out, so the broker may or may not hold it); ``nacked``, that it refused it;
-    ``refused``, that the broker closed the channel or connection over it (AccessRefused,
-    NotFound, PreconditionFailed...: the deployment's fault, reported as not ready);
-    ``unpublishable``, that the message failed before a byte was written for a reason of its own
-    (it cannot be encoded as an AMQP frame, say): retrying it cannot help.
-    """
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        sent: bool,
-        nacked: bool = False,
-        refused: bool = False,
-        unpublishable: bool = False,
-    ):
-        self.sent = sent
-        self.nacked = nacked
-        self.refused = refused
-        self.unpublishable = unpublishable
-        super().__init__(detail)
 
 
 # Failures of the broker, the network or the connection: the message may well go through later.

@@ -4,9 +4,8 @@ from worker.errors import PublishError
 from worker.publishing._publisher import (
     DeadLetterPublisher,
     RecordPublisher,
-    TaskMessage,
-    TaskPublisher,
 )
+from worker.publishing._tasks import TaskMessage, TaskPublisher
 from worker.publishing._topology import (
     CUSTOMER_CREATED_QUEUE,
     CUSTOMER_CREATED_QUEUE_NAME,

@@ -1,11 +1,12 @@
 """``events.enrich_customer``: a webhook's work (enqueued by the ingress). Error mapping lives in
-``worker.app.CustomerEventTask``."""
+``worker.tasking.CustomerEventTask``."""
 
 from __future__ import annotations
 
 from worker import runtime
-from worker.app import CUSTOMER_TASK_NAME, CustomerEventTask, app
+from worker.app import app
 from worker.service import Outcome
+from worker.tasking import CUSTOMER_TASK_NAME, CustomerEventTask
 
 
 @app.task(name=CUSTOMER_TASK_NAME, base=CustomerEventTask, bind=True)

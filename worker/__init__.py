@@ -1,5 +1,6 @@
 """The Rapidly event-enrichment worker.
 
-Public surface: ``worker.app`` (the Celery app), ``worker.settings``, ``worker.cli``. This module
-imports nothing so that the CLI can monkey-patch for gevent before anything else loads.
+Public surface: ``worker.app`` (the Celery app), ``worker.settings``, ``worker.cli``; the layout
+is in docs/architecture.md. This module imports nothing so that the CLI can monkey-patch for
+gevent before anything else loads.
 """

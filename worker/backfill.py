@@ -38,173 +38,38 @@ them would make them list children again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 from kombu import Connection
 
-from worker.publishing import EVENTS_QUEUE, PublishError, TaskMessage, TaskPublisher
+from worker.backfill_checkpoint import (
+    Checkpoint,
+    Pending,
+    checkpoint_key,
+    default_checkpoint_path,
+    format_time,
+    now_us,
+    parse_time,
+    task_message,
+)
+from worker.errors import BackfillError, PublishError
+from worker.publishing import EVENTS_QUEUE, TaskPublisher
 from worker.rapidly import Event, EventStore
 from worker.rapidly._client import LIST_PAGE_SIZE
 from worker.rapidly._store import api_calls
 
 log = structlog.get_logger()
 
-TASK_NAME = "events.enrich"
-CHECKPOINT_VERSION = 1
 # A parent still waiting for its children this far (event time) behind the cursor is resolved
 # with one call: its children are not coming in this window.
 PENDING_SPAN_US = 3600 * 1_000_000
 MAX_PENDING = 2000
 TIE_RUN_ATTEMPTS = 3
 PUBLISH_ATTEMPTS = 5
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class BackfillError(Exception):
-    """The backfill cannot go on (checkpoint of another window, broker refusing); one line."""
-
-
-# --- time as integer microseconds: the API's timestamps are exact to the microsecond
-
-
-def parse_time(text: str) -> int:
-    """RFC 3339 with a timezone -> epoch microseconds; ValueError otherwise."""
-    parsed = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text!r} has no timezone (e.g. 2025-03-03T08:00:00Z)")
-    delta = parsed - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def format_time(us: int) -> str:
-    """Epoch microseconds -> ``2025-03-03T08:00:00.000001Z`` (``Z``: a raw ``+00:00`` in a URL
-    decodes to a space and the API answers 422)."""
-    return (
-        (_EPOCH + timedelta(microseconds=us))
-        .isoformat(timespec="microseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def _now_us() -> int:
-    return parse_time(datetime.now(UTC).isoformat())
-
-
-def task_message(event_id: str) -> TaskMessage:
-    """An ``events.enrich`` task exactly as ``send_task(..., args=[event_id])`` writes it
-    (Celery message protocol 2, JSON)."""
-    task_id = str(uuid.uuid4())
-    headers = {
-        "lang": "py",
-        "task": TASK_NAME,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": repr([event_id]),
-        "kwargsrepr": "{}",
-        "origin": "rapidly-worker-backfill",
-        "ignore_result": False,
-    }
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    body = json.dumps([[event_id], {}, embed]).encode()
-    return TaskMessage(body=body, headers=headers, properties={"correlation_id": task_id})
-
-
-# --- the checkpoint
-
-
-@dataclass
-class _Pending:
-    event: Event  # as listed: child_count = all descendants
-    direct: int = 0  # direct children seen so far
-    descendants: int = 0  # what they account for: sum of 1 + their child_count
-
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.event.as_sent(), "direct": self.direct, "desc": self.descendants}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _Pending:
-        return cls(Event.from_api(data["event"]), int(data["direct"]), int(data["desc"]))
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    key: str
-    cursor: int  # every event before it is handed over (or pending)
-    handed: dict[str, int] = field(default_factory=dict)  # id -> timestamp, at/after the floor
-    pending: dict[str, _Pending] = field(default_factory=dict)
-    count: int = 0  # events handed over in all runs
-
-    @classmethod
-    def open(cls, path: Path, key: str, since: int) -> Checkpoint:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls(path, key, since)
-        except (OSError, ValueError) as exc:
-            raise BackfillError(f"checkpoint {path} is unreadable: {exc}") from None
-        if data.get("version") != CHECKPOINT_VERSION or data.get("key") != key:
-            raise BackfillError(
-                f"checkpoint {path} belongs to another backfill (other token, API or --since): "
-                "remove it or pass another --checkpoint"
-            )
-        return cls(
-            path,
-            key,
-            int(data["cursor"]),
-            {str(k): int(v) for k, v in data["handed"].items()},
-            {p["event"]["id"]: _Pending.from_json(p) for p in data["pending"]},
-            int(data["count"]),
-        )
-
-    def save(self) -> None:
-        data = {
-            "version": CHECKPOINT_VERSION,
-            "key": self.key,
-            "cursor": self.cursor,
-            "cursor_time": format_time(self.cursor),
-            "handed": self.handed,
-            "pending": [p.to_json() for p in self.pending.values()],
-            "count": self.count,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    def prune(self, floor: int) -> None:
-        """IDs handed over before ``floor`` can no longer be listed again: forget them."""
-        self.handed = {k: ts for k, ts in self.handed.items() if ts >= floor}
-
-
-def checkpoint_key(namespace: str, api_url: str, since: int) -> str:
-    return hashlib.sha256(f"{namespace}|{api_url}|{since}".encode()).hexdigest()[:16]
-
-
-def default_checkpoint_path(key: str) -> Path:
-    return Path.cwd() / f"rapidly-backfill-{key}.json"
 
 
 # --- the backfill
@@ -244,7 +109,7 @@ class Backfill:
         margin_seconds: float,
         max_backlog: int,
         progress: Progress | None = None,
-        clock: Callable[[], int] = _now_us,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -360,11 +225,11 @@ class Backfill:
             if event.child_count <= 0:
                 ready.append((event, 0, 0))  # no descendants: no direct children either
             else:
-                pending[event.id] = _Pending(event)
+                pending[event.id] = Pending(event)
                 # Cached now, without its direct count: its children are handed over before it
                 # and their workers walk up through it.
                 waiting.append((event, event.child_count, None))
-        resolve: list[_Pending] = []
+        resolve: list[Pending] = []
         for event in fresh:
             parent = pending.get(event.parent_id or "")
             if parent is None or event.parent_id == event.id:
@@ -390,7 +255,7 @@ class Backfill:
         for waiting in [p for p in self._cp.pending.values() if self._ts(p.event) < before]:
             self._resolve(waiting)
 
-    def _resolve(self, waiting: _Pending) -> None:
+    def _resolve(self, waiting: Pending) -> None:
         """One children listing (cached with the event's counts, as the worker would do)."""
         if self._cp.pending.pop(waiting.event.id, None) is None:
             return
@@ -454,3 +319,17 @@ class Backfill:
 def api_calls_made() -> int:
     """List calls this process made (the store counts them in this context)."""
     return api_calls.get()
+
+
+__all__ = [
+    "Backfill",
+    "Checkpoint",
+    "Pending",
+    "Progress",
+    "api_calls_made",
+    "checkpoint_key",
+    "default_checkpoint_path",
+    "format_time",
+    "parse_time",
+    "task_message",
+]

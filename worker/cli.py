@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(require_token: bool = True) -> Settings:
-    from worker.settings import SettingsError, load_settings  # noqa: PLC0415
+    from worker.errors import SettingsError  # noqa: PLC0415
+    from worker.settings import load_settings  # noqa: PLC0415
 
     try:
         return load_settings(require_token=require_token)
@@ -161,9 +162,9 @@ def _supervise() -> int:
 
 def _web() -> int:
     """The webhook ingress: its own settings (no API token), no gevent (asyncio serves it)."""
+    from worker.errors import SettingsError  # noqa: PLC0415
     from worker.ingress import load_ingress_settings, run  # noqa: PLC0415
     from worker.logging import configure_logging, register_secret  # noqa: PLC0415
-    from worker.settings import SettingsError  # noqa: PLC0415
 
     try:
         settings = load_ingress_settings()
@@ -246,14 +247,13 @@ def _backfill(args: Any) -> int:
 
     from worker.backfill import (  # noqa: PLC0415
         Backfill,
-        BackfillError,
         Checkpoint,
         Progress,
         api_calls_made,
         checkpoint_key,
         default_checkpoint_path,
     )
-    from worker.errors import WorkerError  # noqa: PLC0415
+    from worker.errors import BackfillError, WorkerError  # noqa: PLC0415
     from worker.publishing import TaskPublisher, topology  # noqa: PLC0415
     from worker.rapidly import EventStore, RapidlyClient, RetryPolicy  # noqa: PLC0415
     from worker.rapidly._ratelimit import DispatchingLimiter  # noqa: PLC0415

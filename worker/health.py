@@ -6,6 +6,10 @@ side thread only keeps it fresh while Celery is reconnecting to the broker (the 
 legitimately stopped, and a restart would not help). ``state.json`` says whether the
 broker connection is up and whether the API accepts the token (readiness). ``rapidly-worker
 health live|ready`` reads them; nothing calls ``celery inspect ping``.
+
+Here: the files (``HealthState``), the probes (``check``), and the consumer loop's tick
+(``consumer_loop``, turned by ``worker.deadletter.DeadLetteringConsumer``) with the side thread
+that reads it (``heartbeat_forever``, started by ``worker.app`` at boot).
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from worker import metrics
+
+if TYPE_CHECKING:  # the runtime holds a HealthState: importing it here would be a cycle
+    from worker.runtime import Runtime
 
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 # Written by the supervisor (WORKER_PROCESSES > 1): the pod's health is that of every child.
 PROCESSES_FILE = "processes.json"
 LIVE_STALE_SECONDS = 30.0
+# The consumer loop drains every 2 s at most; older than this means it is not consuming.
+LOOP_STALE_SECONDS = 10.0
 
 
 class HealthState:
@@ -140,3 +151,39 @@ def _check_one(directory: str, what: str, stale_after: float) -> tuple[bool, str
         reason = state.get("downstream_reason", "")
         return False, f"downstream broker does not confirm records: {reason}"
     return True, "ready"
+
+
+class LoopTick:
+    """When the consumer loop last turned, and whether Celery is reconnecting it."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.last_beat = 0.0
+        self.reconnecting = False
+
+    def tick(self) -> bool:
+        """True when the loop's heartbeat is due (every HEARTBEAT_INTERVAL_SECONDS)."""
+        now = self.last = time.monotonic()
+        if now - self.last_beat < HEARTBEAT_INTERVAL_SECONDS:
+            return False
+        self.last_beat = now
+        return True
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last < LOOP_STALE_SECONDS
+
+
+consumer_loop = LoopTick()
+
+
+def heartbeat_forever(rt: Runtime, stop: threading.Event, loop: LoopTick = consumer_loop) -> None:
+    """Readiness (is the loop consuming?) and, only while Celery reconnects, liveness."""
+    while not stop.wait(HEARTBEAT_INTERVAL_SECONDS):
+        side_beat(rt, loop)
+
+
+def side_beat(rt: Runtime, loop: LoopTick) -> None:
+    rt.health.update(broker=loop.alive())
+    if loop.reconnecting:
+        rt.health.touch()
+    metrics.READY.set(1 if rt.health.ready else 0)

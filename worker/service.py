@@ -16,14 +16,23 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 
 from worker.dedupe import Claim, DedupeStore, Lease
 from worker.enrichment import EnrichedRecord, enrich_event
-from worker.errors import InvalidMessage, PermanentError, TransientError
-from worker.publishing import PublishError, RecordPublisher
+from worker.errors import (
+    DedupeUnavailable,
+    InvalidMessage,
+    LeaseBusy,
+    NotPublished,
+    PublishError,
+    TransientError,
+    Unpublishable,
+)
+from worker.publishing import RecordPublisher
 from worker.rapidly import EventStore, validate_customer_id, validate_event_id
 from worker.rapidly._store import event_deadline
 
@@ -41,41 +50,19 @@ COMPLETE_POLL_SECONDS = 0.02
 CUSTOMER_EVENT_NAMES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 
 
-class DedupeUnavailable(TransientError):
-    def __init__(self, error: BaseException):
-        self.error = error
-        super().__init__(f"dedupe store unavailable: {type(error).__name__}")
+class OutcomeKind(StrEnum):
+    """What became of an event; the strings are those of the logs and metrics."""
 
-
-class LeaseBusy(TransientError):
-    def __init__(self, event_id: str, waited: float):
-        self.event_id = event_id
-        super().__init__(
-            f"event {event_id} is being published by another worker (waited {waited:.0f}s)"
-        )
-
-
-class NotPublished(TransientError):
-    def __init__(self, error: PublishError):
-        self.error = error
-        super().__init__(str(error))
-
-
-class Unpublishable(PermanentError):
-    """The record itself cannot be published as it is (it failed before the broker saw a byte,
-    for a reason no retry changes): dead-lettered instead of cycling through the queue."""
-
-    reason = "unpublishable"
-
-    def __init__(self, event_id: str, error: PublishError):
-        self.event_id = event_id
-        self.error = error
-        super().__init__(f"record of event {event_id} cannot be published: {error}")
+    PUBLISHED = "published"
+    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    outcome: str  # "published" | "duplicate"
+    PUBLISHED: ClassVar[OutcomeKind] = OutcomeKind.PUBLISHED
+    DUPLICATE: ClassVar[OutcomeKind] = OutcomeKind.DUPLICATE
+
+    outcome: OutcomeKind
     record: EnrichedRecord | None = None
 
 
@@ -111,7 +98,7 @@ class EnrichmentService:
         # claim (wait), or ours to do under a lease.
         lease = self._lease(event_id)
         if lease is None:
-            return Outcome("duplicate")
+            return Outcome(Outcome.DUPLICATE)
         marked: list[bool] = []
         try:
             record = enrich_event(event_id, self._store, max_depth=self._max_depth)
@@ -120,7 +107,7 @@ class EnrichmentService:
             # to a record nobody can mark.
             if not self._dedupe_call(self._dedupe.confirm, lease):
                 if self._dedupe_call(self._dedupe.is_done, event_id):
-                    return Outcome("duplicate", record)
+                    return Outcome(Outcome.DUPLICATE, record)
                 raise LeaseBusy(event_id, 0.0)
             with ExitStack() as stack:
                 mark = self._dedupe_call(stack.enter_context, self._dedupe.sent_marker(lease))
@@ -143,7 +130,7 @@ class EnrichmentService:
             self._complete(lease)  # the sent mark did not land: the done mark must
         if self._on_published is not None:
             self._on_published(record)
-        return Outcome("published", record)
+        return Outcome(Outcome.PUBLISHED, record)
 
     def process_customer_event(self, name: str, customer_id: str) -> Outcome:
         """A webhook's work: the customer's newest system event ``name``, then exactly what

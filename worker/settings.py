@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.cpus import CpuChoice, choose_processes
+from worker.errors import SettingsError
 
 DEFAULT_API_URL = "https://api.rapidly.tech"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -223,10 +224,6 @@ class Settings(BaseSettings):
     @property
     def downstream_url(self) -> str:
         return self.downstream_broker_url or self.broker_url
-
-
-class SettingsError(Exception):
-    """A setting is wrong; the message is one line naming the variable, never its secret value."""
 
 
 def load_settings(*, require_token: bool = True, **overrides: object) -> Settings:

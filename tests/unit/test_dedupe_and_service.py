@@ -11,9 +11,9 @@ import pytest
 from tests.unit.fakeapi import FakeApi, make_event, new_id
 from worker.dedupe import Claim, Lease, LocalDedupeStore, RedisDedupeStore
 from worker.enrichment import EnrichedRecord
-from worker.publishing import PublishError
+from worker.errors import LeaseBusy, NotPublished, PublishError
 from worker.rapidly import EventStore
-from worker.service import EnrichmentService, LeaseBusy, NotPublished
+from worker.service import EnrichmentService
 
 
 def redis_available() -> bool:
@@ -192,7 +192,7 @@ def test_failed_publish_clears_the_mark_and_requeues(
 def test_unpublishable_record_is_dead_lettered_not_requeued(
     api: FakeApi, store: EventStore
 ) -> None:
-    from worker.service import Unpublishable
+    from worker.errors import Unpublishable
 
     event = make_event(new_id())
     api.add(event)
@@ -243,7 +243,7 @@ class DownAfterClaim(LocalDedupeStore):
 def test_store_down_before_publish_publishes_nothing(api: FakeApi, store: EventStore) -> None:
     """Fault-suite finding: a record published while the store is down cannot be marked, and a
     kill then duplicates it. The service now checks its lease first and requeues instead."""
-    from worker.service import DedupeUnavailable
+    from worker.errors import DedupeUnavailable
 
     event = make_event(new_id())
     api.add(event)

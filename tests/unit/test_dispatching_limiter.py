@@ -10,8 +10,9 @@ import pytest
 from pydantic import SecretStr
 
 from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
+from worker.errors import NoLongerNeeded
 from worker.rapidly import EventStore, LocalRateLimiter, RapidlyClient, RetryPolicy
-from worker.rapidly._ratelimit import DispatchingLimiter, NoLongerNeeded
+from worker.rapidly._ratelimit import DispatchingLimiter
 from worker.rapidly._store import api_calls
 from worker.settings import RateLimit
 

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from worker.app import _LoopTick, _side_beat
-from worker.health import HealthState, check
+from worker.health import HealthState, LoopTick, check, side_beat
 
 
 def age_heartbeat(directory: Path, seconds: float) -> None:
@@ -18,12 +17,12 @@ def age_heartbeat(directory: Path, seconds: float) -> None:
 
 def test_side_thread_does_not_keep_a_wedged_loop_alive(tmp_path: Path) -> None:
     health = HealthState(str(tmp_path))
-    loop = _LoopTick()
+    loop = LoopTick()
     loop.tick()
     health.touch()
     age_heartbeat(tmp_path, 60)  # the loop stopped turning a minute ago
     loop.last -= 60
-    _side_beat(SimpleNamespace(health=health), loop)  # type: ignore[arg-type]
+    side_beat(SimpleNamespace(health=health), loop)  # type: ignore[arg-type]
     ok, reason = check(str(tmp_path), "live")
     assert not ok, reason
     assert not check(str(tmp_path), "ready")[0]
@@ -31,16 +30,16 @@ def test_side_thread_does_not_keep_a_wedged_loop_alive(tmp_path: Path) -> None:
 
 def test_side_thread_keeps_liveness_while_reconnecting(tmp_path: Path) -> None:
     health = HealthState(str(tmp_path))
-    loop = _LoopTick()
+    loop = LoopTick()
     age_heartbeat(tmp_path, 60)
     loop.reconnecting = True
-    _side_beat(SimpleNamespace(health=health), loop)  # type: ignore[arg-type]
+    side_beat(SimpleNamespace(health=health), loop)  # type: ignore[arg-type]
     assert check(str(tmp_path), "live")[0]
     assert not check(str(tmp_path), "ready")[0]  # but not ready: the broker is away
 
 
 def test_loop_tick_asks_for_a_heartbeat_every_interval() -> None:
-    loop = _LoopTick()
+    loop = LoopTick()
     assert loop.tick()  # the first turn beats
     assert not loop.tick()  # the next turns within the interval do not write a file each
     loop.last_beat -= 10

@@ -7,9 +7,9 @@ import pytest
 from pydantic import SecretStr
 
 from tests.unit.fakeapi import BASE, TOKEN
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, SettingsError
 from worker.rapidly import RapidlyClient
-from worker.settings import SettingsError, load_settings
+from worker.settings import load_settings
 
 
 @pytest.mark.parametrize("token", [" tok_1 ", "tok_1\n", "\ttok_1"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from worker.errors import SettingsError
 from worker.publishing import topology
 from worker.publishing._topology import EVENTS_QUEUE
-from worker.settings import SettingsError, load_settings
+from worker.settings import load_settings
 
 
 def test_classic_is_the_contracts_declaration() -> None:

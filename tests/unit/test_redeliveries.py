@@ -9,9 +9,9 @@ import pytest
 
 from tests.unit.fakeapi import new_id
 from tests.unit.test_dedupe_and_service import redis_client
-from worker.app import EnrichTask, _settle_redelivery
 from worker.dedupe import RedeliveryCounter
 from worker.errors import RedeliveriesExhausted
+from worker.tasking import EnrichTask, _settle_redelivery
 
 
 @pytest.fixture(params=["local", "redis"])

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
+from worker.errors import SettingsError
 from worker.rapidly import LocalRateLimiter
-from worker.settings import RateLimit, SettingsError, load_settings
+from worker.settings import RateLimit, load_settings
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from worker.errors import (
     InvalidCustomerId,
     InvalidMessage,
     RetriesExhausted,
+    SettingsError,
 )
 from worker.ingress import (
     MAX_BODY_BYTES,
@@ -40,7 +41,6 @@ from worker.ingress import (
 )
 from worker.publishing import EVENTS_QUEUE
 from worker.rapidly import EventStore
-from worker.settings import SettingsError
 
 SECRET = "rapidly_whs_unit0123456789abcdef"
 OTHER = "rapidly_whs_other9876543210fedcba"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.enrichment._hierarchy import Hierarchy
+from worker.enrichment._hierarchy import Hierarchy, IncompleteReason
 from worker.rapidly import ChildCounts, Event
 
 SCHEMA = "rapidly.enriched_event.v1"
@@ -37,6 +37,38 @@ class EnrichedRecord:
     @property
     def is_customer_created(self) -> bool:
         return self.routing_key == "system.customer.created"
+
+    # The hierarchy's fields, typed, for code that reports on a record (the body is what is
+    # published, and stays the single source of truth).
+    @property
+    def root_id(self) -> str:
+        return str(self._hierarchy["root_id"])
+
+    @property
+    def depth(self) -> int:
+        return int(self._hierarchy["depth"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._hierarchy["complete"])
+
+    @property
+    def incomplete_reason(self) -> IncompleteReason | None:
+        reason: IncompleteReason | None = self._hierarchy["incomplete_reason"]
+        return reason
+
+    @property
+    def child_count(self) -> int:
+        return int(self._hierarchy["child_count"])
+
+    @property
+    def descendant_count(self) -> int:
+        return int(self._hierarchy["descendant_count"])
+
+    @property
+    def _hierarchy(self) -> dict[str, Any]:
+        hierarchy: dict[str, Any] = self.body["hierarchy"]
+        return hierarchy
 
 
 def rfc3339_now(now: datetime | None = None) -> str:

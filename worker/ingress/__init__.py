@@ -4,13 +4,12 @@ Webhooks in, confirmed ``events.enrich_customer`` task messages on ``rapidly.eve
 Knows nothing of the Rapidly API: the worker finds the system event behind each webhook.
 """
 
-from worker.ingress._enqueue import BrokerUnavailable, Enqueuer, LocalSeen, RedisSeen
+from worker.errors import BrokerUnavailable, NotAWebhook, Unauthorized
+from worker.ingress._enqueue import Enqueuer, LocalSeen, RedisSeen
 from worker.ingress._server import MAX_BODY_BYTES, ROUTE, Ingress, build, run
 from worker.ingress._settings import IngressSettings, load_ingress_settings
 from worker.ingress._verify import (
     CUSTOMER_TYPES,
-    NotAWebhook,
-    Unauthorized,
     Webhook,
     WebhookVerifier,
     parse,

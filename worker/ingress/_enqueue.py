@@ -21,9 +21,9 @@ import structlog
 from celery import Celery
 from kombu.utils.json import dumps as kombu_dumps
 
+from worker.errors import BrokerUnavailable, PublishError
 from worker.publishing import (
     ENRICH_CUSTOMER_TASK_NAME,
-    PublishError,
     TaskMessage,
     TaskPublisher,
     Topology,
@@ -38,10 +38,6 @@ ENQUEUE_DEADLINE_SECONDS = 2.0
 BROKER_TIMEOUT_SECONDS = 1.5
 READY_CACHE_SECONDS = 1.0
 LOCAL_SEEN_MAX = 100_000
-
-
-class BrokerUnavailable(Exception):
-    """The task message was not confirmed within the deadline: 503, the sender retries."""
 
 
 class Enqueuer:

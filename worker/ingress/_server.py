@@ -22,16 +22,16 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker.errors import BrokerUnavailable, NotAWebhook, Unauthorized
 from worker.ingress import _metrics as metrics
 from worker.ingress._enqueue import (
-    BrokerUnavailable,
     Enqueuer,
     LocalSeen,
     RedisSeen,
     SeenWebhooks,
 )
 from worker.ingress._settings import IngressSettings
-from worker.ingress._verify import NotAWebhook, Unauthorized, Webhook, WebhookVerifier, parse
+from worker.ingress._verify import Webhook, WebhookVerifier, parse
 from worker.publishing import topology
 
 log = structlog.get_logger()

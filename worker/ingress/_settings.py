@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.settings import DEFAULT_BROKER_URL, BrokerUrl, SettingsError
+from worker.errors import SettingsError
+from worker.settings import DEFAULT_BROKER_URL, BrokerUrl
 
 # The sender retries for about 34 minutes (10 attempts, exponential from 2 s); a day covers
 # that and an operator's manual redelivery from Rapidly's dashboard.

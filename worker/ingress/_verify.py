@@ -20,20 +20,14 @@ from typing import Any
 from standardwebhooks import Webhook as _Signer
 from standardwebhooks import WebhookVerificationError
 
+from worker.errors import NotAWebhook, Unauthorized
+
 # The types whose data is a Customer: each becomes the record of the matching system event.
 CUSTOMER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 # Standard Webhooks ids are short ("msg_..."); a longer one is not from a real sender and would
 # otherwise become an unbounded dedupe key.
 MAX_WEBHOOK_ID_LENGTH = 256
-
-
-class Unauthorized(Exception):
-    """Missing or bad signature, or a timestamp outside the tolerance: 401."""
-
-
-class NotAWebhook(Exception):
-    """Authentic, but not a webhook body (not JSON, no type or data, a bad customer id): 400."""
 
 
 @dataclass(frozen=True, slots=True)

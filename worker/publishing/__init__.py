@@ -1,12 +1,11 @@
 """Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
 
+from worker.errors import PublishError
 from worker.publishing._publisher import (
     DeadLetterPublisher,
-    PublishError,
     RecordPublisher,
-    TaskMessage,
-    TaskPublisher,
 )
+from worker.publishing._tasks import TaskMessage, TaskPublisher
 from worker.publishing._topology import (
     CUSTOMER_CREATED_QUEUE,
     CUSTOMER_CREATED_QUEUE_NAME,

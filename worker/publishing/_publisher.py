@@ -22,11 +22,10 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
 from worker.enrichment import EnrichedRecord
+from worker.errors import PublishError
 from worker.publishing._topology import (
     DEAD_LETTER_QUEUE_NAME,
     ENRICHED_EXCHANGE,
-    EVENTS_EXCHANGE,
-    EVENTS_QUEUE_NAME,
     Topology,
     topology,
 )
@@ -46,33 +45,6 @@ _KEPT_PROPERTIES = (
     "user_id",
     "timestamp",
 )
-
-
-class PublishError(Exception):
-    """The broker did not confirm: the input must not be acknowledged.
-
-    ``sent`` tells whether the message had already been written to the broker (the confirm then
-    failed or timed out, so the broker may or may not hold it); ``nacked``, that it refused it;
-    ``refused``, that the broker closed the channel or connection over it (AccessRefused,
-    NotFound, PreconditionFailed...: the deployment's fault, reported as not ready);
-    ``unpublishable``, that the message failed before a byte was written for a reason of its own
-    (it cannot be encoded as an AMQP frame, say): retrying it cannot help.
-    """
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        sent: bool,
-        nacked: bool = False,
-        refused: bool = False,
-        unpublishable: bool = False,
-    ):
-        self.sent = sent
-        self.nacked = nacked
-        self.refused = refused
-        self.unpublishable = unpublishable
-        super().__init__(detail)
 
 
 # Failures of the broker, the network or the connection: the message may well go through later.
@@ -340,91 +312,4 @@ class DeadLetterPublisher:
         self._pool.close()
 
 
-class TaskPublisher:
-    """Task messages to ``rapidly.events`` on the input broker, confirmed one by one: the
-    backfill's new ``events.enrich`` tasks and replayed dead letters."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 10.0,
-        pool_size: int = 1,
-        queues: Topology | None = None,
-    ):
-        self._url = url
-        self._timeout = timeout
-        self._queues = queues or topology()
-        self._pool = _ConfirmedPool(
-            url, timeout=timeout, size=pool_size, declare=(self._queues.events_queue,)
-        )
-
-    def declare_topology(self) -> None:
-        self._pool.declare(self._queues.input_broker_entities)
-
-    def prefill(self, count: int) -> None:
-        """Open up to ``count`` pooled connections now (the webhook ingress's first webhooks)."""
-        self._pool.prefill(count)
-
-    def discard_idle(self) -> None:
-        """Close every idle connection: after one failed, the broker most likely restarted (or
-        its vhost went away) under all of them."""
-        self._pool.close()
-
-    def probe(self) -> None:
-        """Raises unless a new connection to the broker opens now (readiness)."""
-        connection = Connection(self._url, connect_timeout=self._timeout, heartbeat=0)
-        try:
-            connection.ensure_connection(max_retries=1)
-            connection.channel().close()  # type: ignore[attr-defined]  # kombu's stub lacks it
-        finally:
-            connection.release()
-
-    def publish_task(self, message: TaskMessage) -> None:
-        """Returns once the broker confirmed the message; PublishError otherwise."""
-        self._pool.publish(
-            message.body,
-            exchange=EVENTS_EXCHANGE,
-            routing_key=EVENTS_QUEUE_NAME,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=2,
-            headers=message.headers,
-            **message.properties,
-        )
-
-    def close(self) -> None:
-        self._pool.close()
-
-
-@dataclass(frozen=True, slots=True)
-class TaskMessage:
-    """A task message as it travels: body bytes, content type and encoding, headers and the
-    AMQP properties that make it the same task (see ``_KEPT_PROPERTIES``)."""
-
-    body: bytes
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    content_type: str = "application/json"
-    content_encoding: str = "utf-8"
-
-    @classmethod
-    def from_consumed(cls, message: Any, headers: dict[str, Any]) -> TaskMessage:
-        """A consumed kombu Message, its body bytes as they came, with ``headers`` instead of
-        its own."""
-        properties = getattr(message, "properties", {}) or {}
-        body = message.body
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        return cls(
-            body=bytes(body),
-            headers=headers,
-            properties={
-                key: properties[key] for key in _KEPT_PROPERTIES if properties.get(key) is not None
-            },
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding=message.content_encoding or "binary",
-        )
-
-
-__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher", "TaskMessage", "TaskPublisher"]
+__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher"]

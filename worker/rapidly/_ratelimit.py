@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from worker.errors import NoLongerNeeded
 from worker.settings import RateLimit
 
 # A small burst absorbs scheduling jitter without letting a fleet exceed the budget in any second.
@@ -91,10 +92,6 @@ class RedisRateLimiter:
 
     def penalize(self, seconds: float) -> None:
         self._script(keys=[self._key], args=[self._interval, self._tolerance, seconds])
-
-
-class NoLongerNeeded(Exception):
-    """The request was answered from the cache while it waited for its slot: do not send it."""
 
 
 # A request that waited less than this cannot have been answered meanwhile: the store awaits the

@@ -37,15 +37,18 @@ import structlog
 from worker.errors import (
     ApiUnavailable,
     CustomerEventNotFound,
+    EventDeadlineExceeded,
     EventNotFound,
     EventNotYetVisible,
+    NoLongerNeeded,
     RateLimited,
+    RateLimitWaitTooLong,
     RetriesExhausted,
     TransientError,
 )
 from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient, is_event_id
 from worker.rapidly._models import Event, EventPage
-from worker.rapidly._ratelimit import NoLongerNeeded, RateLimiter
+from worker.rapidly._ratelimit import RateLimiter
 from worker.rapidly._windows import direct_count_params, family_params, sibling_window_params
 
 log = structlog.get_logger()
@@ -65,22 +68,6 @@ event_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
-
-
-class RateLimitWaitTooLong(TransientError):
-    """429s kept coming past the event's deadline: the message goes back to the queue."""
-
-    def __init__(self, waited: float):
-        self.waited = waited
-        super().__init__(f"still rate limited after waiting {waited:.0f}s")
-
-
-class EventDeadlineExceeded(TransientError):
-    """The event used up EVENT_DEADLINE_SECONDS waiting on the API: requeued."""
-
-    def __init__(self, waited_for: str):
-        self.waited_for = waited_for
-        super().__init__(f"event deadline reached while waiting ({waited_for})")
 
 
 def _check_deadline(delay: float, what: str) -> None:

@@ -1,16 +1,18 @@
-"""Enrich one event: fetch it, walk its parents, count its children, build the record."""
+"""Enrich one event: fetch it, walk its parents, count its children, build the record.
+
+The event ID arrives validated (``worker.service`` validates it once, on entry); the unit of work
+around this (dedupe, publish) is ``worker.service``.
+"""
 
 from __future__ import annotations
 
 from worker.enrichment._hierarchy import walk_ancestors
 from worker.enrichment._record import EnrichedRecord, build_record
-from worker.rapidly import EventStore, validate_event_id
+from worker.rapidly import EventStore
 
 
 def enrich_event(event_id: str, store: EventStore, *, max_depth: int) -> EnrichedRecord:
-    """Raises InvalidEventId (before any call), EventNotFound, RetriesExhausted or
-    ConfigurationError."""
-    event_id = validate_event_id(event_id)
+    """Raises EventNotFound, RetriesExhausted, ConfigurationError or a TransientError."""
     event = store.event(event_id)
     hierarchy = walk_ancestors(event, store.parent, max_depth=max_depth)
     counts = store.child_counts(event)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit import RedisServer, SimulatorProcess
+from devkit import RedisServer, SimulatorProcess, WorkerProcess
 from tests.faults import faultkit
-from tests.integration.harness import WorkerProcess
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from devkit import VENV_BIN, SimulatorProcess
-from tests.integration.harness import REDIS_STORE_URL, WorkerProcess, worker_env
+from devkit import VENV_BIN, SimulatorProcess, WorkerProcess
+from tests.integration.harness import REDIS_STORE_URL, worker_env
 
 
 @pytest.fixture(scope="module")

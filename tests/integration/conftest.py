@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from devkit import SimulatorProcess, reachable
-from tests.integration.harness import (
-    AMQP_URL,
-    REDIS_BROKER_URL,
-    REDIS_STORE_URL,
-    WorkerProcess,
-    purge,
-    worker_env,
-)
+from devkit import SimulatorProcess, WorkerProcess, reachable
+from tests.integration.harness import AMQP_URL, REDIS_BROKER_URL, REDIS_STORE_URL, purge, worker_env
 
 START = {
     "amqp": "RabbitMQ is not reachable at 127.0.0.1:5672; start it with: rabbitmq-server -detached",

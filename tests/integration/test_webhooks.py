@@ -5,15 +5,14 @@ the simulator over HTTP, real RabbitMQ and Redis. Every request is signed by the
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,40 +24,27 @@ from standardwebhooks import Webhook as Signer
 from devkit import (
     CUSTOMER_CREATED,
     DEAD_QUEUE,
-    ROOT,
     TOKEN,
-    VENV_BIN,
     SimulatorProcess,
+    WorkerProcess,
+    drain,
     ensure_vhost,
     free_port,
-    procfile_command,
     rabbitmqctl,
 )
-from tests.integration.harness import AMQP_URL, REDIS_STORE_URL, WorkerProcess, drain
+from tests.integration.harness import AMQP_URL, REDIS_STORE_URL
 
 SECRET = "rapidly_whs_integration0123456789abcdef"
 OLD_SECRET = "rapidly_whs_rotatedaway9876543210fedcba"
 ROUTE = "/webhooks/rapidly"
 
 
+@dataclass
 class WebProcess(WorkerProcess):
     """The Procfile's ``web:`` line, unchanged, under ``bash -c``."""
 
-    def start(self) -> WebProcess:
-        env = {**os.environ, **self.env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-        env.pop("RAPIDLY_API_TOKEN", None)  # the web process must not need it
-        self.starts += 1
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            ["bash", "-c", procfile_command("web")],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self
+    kind: str = "web"
+    drop_env: tuple[str, ...] = ("RAPIDLY_API_TOKEN",)  # the web process must not need it
 
     @property
     def url(self) -> str:

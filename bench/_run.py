@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,21 +142,6 @@ def start_sampled(workers: list[WorkerProcess]) -> TreeSampler:
 def naive_worker(name: str, tmp: Path, *, api_url: str, broker: str) -> WorkerProcess:
     env = {"RAPIDLY_API_URL": api_url, "RAPIDLY_API_TOKEN": TOKEN, "BROKER_URL": broker}
     return WorkerProcess(env, tmp / f"{name}.log", name=name, command=NAIVE_COMMAND)
-
-
-def stop_all(workers: list[WorkerProcess], timeout: float = 120) -> list[tuple[int | None, float]]:
-    """Stop ``workers`` at once; (exit code, seconds) of each."""
-    results: list[tuple[int | None, float]] = [(None, 0.0)] * len(workers)
-
-    def stop(i: int) -> None:
-        results[i] = stop_timed(workers[i], timeout)
-
-    threads = [threading.Thread(target=stop, args=(i,)) for i in range(len(workers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def stop_timed(worker: WorkerProcess, timeout: float = 90) -> tuple[int | None, float]:

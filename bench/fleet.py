@@ -19,11 +19,10 @@ from bench._run import (
     product_worker,
     source_fingerprint,
     start_sampled,
-    stop_all,
     wait_for,
 )
 from bench.report import table
-from devkit import EVENTS_QUEUE, Sender, SimulatorProcess, TreeSampler
+from devkit import EVENTS_QUEUE, Sender, SimulatorProcess, TreeSampler, stop_together
 
 
 class StatsPoller(threading.Thread):
@@ -107,7 +106,7 @@ def mode_rate_limit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         backlog_left = queue_depth(args.broker_url, EVENTS_QUEUE)
         sender.close()
     finally:
-        results = stop_all(workers)
+        results = stop_together(workers, timeout=120)
         if sampler is not None:
             sampler.stop()
         poller.stop()

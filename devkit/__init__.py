@@ -33,7 +33,13 @@ from devkit._records import RecordCollector, drain, drain_all, records_queue
 from devkit._redis import RedisServer
 from devkit._sampling import TreeSampler, tree_rss
 from devkit._schema import SCHEMA_PATH, record_errors, record_schema, validate_record
-from devkit._worker import READY_MARKER, WorkerNotReady, WorkerProcess
+from devkit._worker import (
+    READY_MARKER,
+    WorkerGroup,
+    WorkerNotReady,
+    WorkerProcess,
+    stop_together,
+)
 
 __all__ = [
     "CUSTOMER_CREATED",
@@ -54,6 +60,7 @@ __all__ = [
     "SimulatorProcess",
     "TreeSampler",
     "VhostProblem",
+    "WorkerGroup",
     "WorkerNotReady",
     "WorkerProcess",
     "cluster_tools_missing",
@@ -71,6 +78,7 @@ __all__ = [
     "records_queue",
     "reset_queues",
     "send",
+    "stop_together",
     "tree_rss",
     "validate_record",
 ]

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,3 +149,48 @@ class WorkerProcess:
                 self.kill()
         self.stop_seconds = time.monotonic() - started
         return self.proc.returncode
+
+
+class WorkerGroup:
+    """The processes one test (or benchmark run) started, each with its own log under
+    ``directory``; ``stop_all`` stops every one of them at once, whatever the test did (a stray
+    worker would consume the next test's messages)."""
+
+    def __init__(self, directory: Path, cls: type[WorkerProcess] = WorkerProcess) -> None:
+        self.directory = directory
+        self.cls = cls
+        self.processes: list[WorkerProcess] = []
+
+    def start(
+        self, env: dict[str, str], *, log_name: str | None = None, wait: bool = True, **options: Any
+    ) -> WorkerProcess:
+        """Start one (``options`` are WorkerProcess fields); ``wait``: until it is ready. Its log
+        is ``log_name`` (default ``<kind><n>.log``)."""
+        kind = options.get("kind", self.cls.kind)
+        name = log_name or f"{kind}{len(self.processes)}.log"
+        process = self.cls(env, self.directory / name, **options)
+        self.processes.append(process)
+        process.start()
+        if wait:
+            process.wait_ready()
+        return process
+
+    def stop_all(self, timeout: float = 60) -> list[tuple[int | None, float]]:
+        return stop_together(self.processes, timeout)
+
+
+def stop_together(
+    processes: list[WorkerProcess], timeout: float = 60
+) -> list[tuple[int | None, float]]:
+    """SIGTERM to all at once (SIGKILL after ``timeout``); (exit code, seconds) of each."""
+    results: list[tuple[int | None, float]] = [(None, 0.0)] * len(processes)
+
+    def stop(i: int) -> None:
+        results[i] = (processes[i].stop(timeout), processes[i].stop_seconds)
+
+    threads = [threading.Thread(target=stop, args=(i,)) for i in range(len(processes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

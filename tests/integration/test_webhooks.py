@@ -26,6 +26,7 @@ from devkit import (
     DEAD_QUEUE,
     TOKEN,
     SimulatorProcess,
+    WorkerGroup,
     WorkerProcess,
     drain,
     ensure_vhost,
@@ -130,7 +131,7 @@ def customer_created_events(sim: SimulatorProcess, count: int) -> list[dict[str,
 
 @pytest.fixture
 def start_web(tmp_path: Path) -> Iterator[Any]:
-    webs: list[WebProcess] = []
+    group = WorkerGroup(tmp_path, WebProcess)
 
     def start(broker: str, *, wait: bool = True, **extra: str) -> WebProcess:
         env = {
@@ -140,15 +141,10 @@ def start_web(tmp_path: Path) -> Iterator[Any]:
             "LOG_FORMAT": "json",
             **extra,
         }
-        web = WebProcess(env, tmp_path / f"web{len(webs)}.log").start()
-        webs.append(web)
-        if wait:
-            web.wait_ready()
-        return web
+        return group.start(env, wait=wait)
 
     yield start
-    for web in webs:
-        web.stop(timeout=15)
+    group.stop_all(timeout=15)
 
 
 def test_webhooks_become_customer_created_records(

@@ -25,24 +25,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench._infra import (
-    DEAD_QUEUE,
-    RecordCollector,
-    WorkerProcess,
-    exclusive,
-    flush_redis,
-    queue_depth,
-    reset_broker,
-)
-from bench.runner import DEFAULT_BROKER, DEFAULT_REDIS
+from bench._infra import RECORDS, exclusive, flush_redis, queue_depth, reset_broker
+from bench._run import DEFAULT_BROKER, DEFAULT_REDIS
 from devkit import (
+    DEAD_QUEUE,
     ROOT,
     TOKEN,
     VENV_BIN,
+    RecordCollector,
     SimulatorProcess,
+    WorkerProcess,
     ensure_vhost,
     free_port,
-    procfile_command,
     record_errors,
 )
 
@@ -81,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             flush_redis(args.redis)
             dataset = sim.dataset()
             expected = {e["id"]: e["expected"] for e in dataset["events"]}
-            collector = RecordCollector(args.broker, keep_bodies=True)
-            collector.start()
-            collector.ready.wait(30)
+            collector = RecordCollector(args.broker, RECORDS, keep_bodies=True)
+            collector.start_listening()
             env = {
                 "RAPIDLY_API_URL": sim.url,
                 "RAPIDLY_API_TOKEN": TOKEN,
@@ -94,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 "METRICS_PORT": str(free_port()),
                 "HEALTH_DIR": str(tmp / "health"),
             }
-            worker = WorkerProcess("worker", procfile_command(), env, tmp / "worker.log").start()
+            worker = WorkerProcess(env, tmp / "worker.log").start()
             worker.wait_ready()
             sim.reset_stats()
             started = time.monotonic()

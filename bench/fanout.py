@@ -26,18 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._infra import Sender
-from bench.runner import (
+from bench._run import (
+    DEFAULT_BROKER,
+    DEFAULT_REDIS,
     check_records,
     fresh_start,
     log,
     product_worker,
     wait_for,
 )
-from devkit import SimulatorProcess, VhostProblem, ensure_vhost
-
-DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/bench"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/9"
+from devkit import Sender, SimulatorProcess, VhostProblem, ensure_vhost
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -92,7 +90,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             stats = sim.stats()
             sender.close()
         finally:
-            worker.stop()
+            worker.stop(90)
             collector.stop()
     finally:
         sim.stop()

@@ -34,14 +34,8 @@ import httpx
 import psutil
 from standardwebhooks import Webhook
 
-from bench._infra import (
-    RecordCollector,
-    WorkerProcess,
-    exclusive,
-    flush_redis,
-    reset_broker,
-)
-from devkit import TOKEN, SimulatorProcess, ensure_vhost, free_port, procfile_command
+from bench._infra import RECORDS, exclusive, flush_redis, reset_broker
+from devkit import TOKEN, RecordCollector, SimulatorProcess, WorkerProcess, ensure_vhost, free_port
 
 SECRET = "rapidly_whs_bench_0123456789abcdef"
 
@@ -90,8 +84,6 @@ def _run(args: argparse.Namespace) -> int:
     port = free_port()
     common = {"BROKER_URL": args.amqp_url, "REDIS_URL": args.redis_url, "LOG_FORMAT": "json"}
     worker = WorkerProcess(
-        "worker",
-        procfile_command("worker"),
         {
             **common,
             "RAPIDLY_API_URL": sim.url,
@@ -105,15 +97,13 @@ def _run(args: argparse.Namespace) -> int:
         tmp / "worker.log",
     )
     web = WorkerProcess(
-        "web",
-        procfile_command("web"),
         {**common, "RAPIDLY_WEBHOOK_SECRET": SECRET, "PORT": str(port)},
         tmp / "web.log",
+        kind="web",
     )
-    collector = RecordCollector(args.amqp_url, keep_bodies=False)
+    collector = RecordCollector(args.amqp_url, RECORDS, keep_bodies=False)
     try:
-        collector.start()
-        collector.ready.wait(30)
+        collector.start_listening()
         if not args.ingress_only:
             worker.start()
         web.start()

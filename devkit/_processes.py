@@ -32,8 +32,9 @@ def free_port() -> int:
 
 
 class SimulatorProcess:
-    """``python -m simulator --port 0 ARGS`` (or another ``module`` with the same command line,
-    e.g. ``bench.fastsim``) in its own session; ``url`` is read from its first output line."""
+    """``python -m simulator --port 0 ARGS`` (or another ``module`` with the same command line)
+    in its own session, from the repository (the simulator is not in the worker's package);
+    ``url`` is read from its first output line."""
 
     def __init__(self, *args: str, module: str = "simulator", admin_timeout: float = 30) -> None:
         self.args = args

@@ -245,16 +245,35 @@ def check_dockerfile():
         need(Path(src).exists(), f"Dockerfile: COPY source {src} does not exist in the repository")
         need(not excluded(src.rstrip("/") + ("/__init__.py" if src.endswith("/") else "")),
              f"Dockerfile.dockerignore excludes the COPY source {src}")
-    for kept in ("pyproject.toml", "README.md", "worker/__init__.py", "tasks/x/y.py", "simulator/__main__.py"):
+    for kept in ("pyproject.toml", "README.md", "worker/__init__.py", "tasks/x/y.py"):
         need(not excluded(kept), f"Dockerfile.dockerignore excludes {kept}")
+    # The production image does not ship the API simulator (nor the dev tooling).
+    need(not any(s.rstrip("/") in ("simulator", "devkit") for s in sources),
+         "Dockerfile: the production image must not COPY simulator/ or devkit/")
     for dropped in (".venv/bin/python", ".git/HEAD", "tests/test_x.py", "bench/run.py",
+                    "simulator/__main__.py", "devkit/__init__.py",
                     "worker/__pycache__/a.cpython-311.pyc", ".pytest_cache/v/x", ".mypy_cache/x",
                     ".ruff_cache/x", "rapidly_enrichment_worker.egg-info/PKG-INFO", ".env",
                     "docker/compose.yaml"):
         need(excluded(dropped), f"Dockerfile.dockerignore lets {dropped} into the build context")
     return (f"Dockerfile contract: {len(froms)} stages on {froms[-1]}, USER {user}, "
             f"ENTRYPOINT+CMD = rapidly-worker run ({note}); .dockerignore keeps "
-            f"{len(sources)} COPY sources, drops .venv/.git/tests/bench/caches")
+            f"{len(sources)} COPY sources, drops .venv/.git/tests/bench/simulator/devkit/caches")
+
+
+def check_simulator_dockerfile():
+    """docker/Dockerfile.simulator (the local stack's simulator) gets what it copies."""
+    path = DOCKER / "Dockerfile.simulator"
+    ins = dockerfile_instructions(path)
+    excluded = dockerignore_matcher(DOCKER / "Dockerfile.simulator.dockerignore")
+    sources = [s for w, r in ins if w == "COPY" and "--from" not in r
+               for s in r.split()[:-1] if not s.startswith("--")]
+    need(sources == ["simulator/"], f"Dockerfile.simulator: COPY sources {sources} != ['simulator/']")
+    need(not excluded("simulator/__main__.py"),
+         "Dockerfile.simulator.dockerignore excludes simulator/")
+    for dropped in ("worker/__init__.py", ".git/HEAD", ".venv/bin/python", ".env"):
+        need(excluded(dropped), f"Dockerfile.simulator.dockerignore lets {dropped} in")
+    return "Dockerfile.simulator: copies only simulator/, which its .dockerignore keeps"
 
 
 # ---- Kubernetes manifests ------------------------------------------------------------------------
@@ -482,6 +501,8 @@ def check_compose():
     need(w["build"]["dockerfile"] == "docker/Dockerfile" and (DOCKER / w["build"]["context"]).resolve() == Path.cwd().resolve(),
          "compose.yaml: worker must build docker/Dockerfile with the repository root as context")
     need("entrypoint" not in w and "command" not in w, "compose.yaml: the worker must run the image's own command")
+    need(sim["build"]["dockerfile"] == "docker/Dockerfile.simulator",
+         "compose.yaml: the simulator must build docker/Dockerfile.simulator (the worker image lacks it)")
     need([*sim["entrypoint"], *sim.get("command", [])] == ["python", "-m", "simulator", "--host", "0.0.0.0", "--port", "8000"],
          "compose.yaml: the simulator must run python -m simulator --host 0.0.0.0 --port 8000")
     env = w["environment"]
@@ -590,6 +611,7 @@ def check_web():
 CHECKS = {
     "web": check_web,
     "dockerfile": check_dockerfile,
+    "simulator_dockerfile": check_simulator_dockerfile,
     "kustomization": check_kustomization,
     "consistency": check_consistency,
     "keda": check_keda,
@@ -634,9 +656,35 @@ ensure_tools() {
 }
 
 check_hadolint() {
-    "$BIN/hadolint" "$DOCKER_DIR/Dockerfile" >"$TMP/hadolint.out" 2>&1 ||
-        { cat "$TMP/hadolint.out" >&2; fail "hadolint reported findings on $DOCKER_DIR/Dockerfile"; }
-    ok "hadolint $DOCKER_DIR/Dockerfile: no findings"
+    local f
+    for f in "$DOCKER_DIR/Dockerfile" "$DOCKER_DIR/Dockerfile.simulator"; do
+        "$BIN/hadolint" "$f" >"$TMP/hadolint.out" 2>&1 ||
+            { cat "$TMP/hadolint.out" >&2; fail "hadolint reported findings on $f"; }
+        ok "hadolint $f: no findings"
+    done
+}
+
+# The production wheel holds the worker and its tasks, not the API simulator nor dev tooling.
+check_wheel() {
+    # From a copy of the files git sees: a build/ left in the tree by an earlier build would be
+    # packed as it is, whatever the include list says now.
+    mkdir -p "$TMP/wheel" "$TMP/src"
+    git ls-files -z --cached --others --exclude-standard | xargs -0 tar --ignore-failed-read -cf - 2>/dev/null |
+        tar -xf - -C "$TMP/src"
+    "$PY" -m pip wheel --quiet --no-deps --disable-pip-version-check "$TMP/src" -w "$TMP/wheel" \
+        >"$TMP/wheel.log" 2>&1 || { cat "$TMP/wheel.log" >&2; fail "pip wheel . failed"; }
+    "$PY" - "$TMP"/wheel/*.whl <<'WHEELEOF'
+import sys
+import zipfile
+
+wheel = sys.argv[1]
+tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist() if "/" in name}
+missing = {"worker", "tasks"} - tops
+extra = tops & {"simulator", "devkit", "bench", "demo", "tests"}
+if missing or extra:
+    sys.exit(f"FAIL: wheel {wheel}: missing {sorted(missing)}, must not ship {sorted(extra)}")
+print(f"ok: wheel ships {sorted(t for t in tops if not t.endswith('.dist-info'))}, no simulator/")
+WHEELEOF
 }
 
 check_k8s_core() {
@@ -723,6 +771,8 @@ check_prometheus() {
 run ensure_tools
 run check_hadolint
 run pycheck dockerfile
+run pycheck simulator_dockerfile
+run check_wheel
 run check_k8s_core
 run pycheck kustomization
 run pycheck consistency

@@ -19,10 +19,10 @@ from amqp.exceptions import PreconditionFailed
 from celery import Celery
 from kombu import Connection, Queue
 
-from devkit import ENRICHED, RabbitCluster, SimulatorProcess
+from devkit import ENRICHED, RabbitCluster, SimulatorProcess, WorkerProcess
 from simulator import build_dataset
 from tests.cluster.conftest import SUMMARIES
-from tests.integration.harness import REDIS_STORE_URL, WorkerProcess, worker_env
+from tests.integration.harness import REDIS_STORE_URL, worker_env
 from worker.publishing import topology
 
 QUORUM = {"x-queue-type": "quorum"}

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from devkit import RedisServer, SimulatorProcess
+from devkit import RedisServer, SimulatorProcess, WorkerGroup, WorkerProcess
 from tests.faults import faultkit
-from tests.integration.harness import WorkerProcess
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -95,18 +94,13 @@ def amqp(faults_vhost: str) -> str:
 def spawn_worker(tmp_path: Path) -> Iterator:
     """Starts the worker from the Procfile line; every worker started is stopped at teardown,
     whatever the test did (a stray worker would consume the next test's messages)."""
-    workers: list[WorkerProcess] = []
+    group = WorkerGroup(tmp_path)
 
     def spawn(env: dict[str, str], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"{name}.log")
-        workers.append(worker)
-        worker.start()
-        worker.wait_ready()
-        return worker
+        return group.start(env, log_name=f"{name}.log")
 
     yield spawn
-    for worker in workers:
-        worker.stop(timeout=30)
+    group.stop_all(timeout=30)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
-"""Tools of the fault-injection suite: the `faults` vhost, a Redis of our own that can be killed
-and restarted, a paced producer that survives connection closes, quiescence detection, and the
-bookkeeping (records and dead letters counted per event ID) that every scenario ends with.
+"""Tools of the fault-injection suite: the `faults` vhost, a paced producer that survives
+connection closes (on ``devkit.Sender``), quiescence detection, and the bookkeeping (records and dead letters counted per event ID) that every scenario ends with.
 
 Everything here drives the worker from outside, as a producer, a consumer and an operator would:
 the Procfile line under ``bash -c``, ``send_task`` by name, kombu reads, ``rabbitmqctl``.
@@ -22,10 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-from celery import Celery
-from kombu import Connection, Queue
-
 import devkit
 from devkit import (
     CUSTOMER_CREATED,
@@ -34,12 +29,13 @@ from devkit import (
     EVENTS_QUEUE,
     TOKEN,
     VENV_BIN,
+    WorkerProcess,
     free_port,
     rabbitmqctl,
     reachable,
     validate_record,
 )
-from tests.integration.harness import ALL_RECORDS, WorkerProcess
+from tests.integration.harness import ALL_RECORDS
 
 VHOST = "faults"
 AMQP_URL = os.environ.get("TEST_FAULTS_AMQP_URL", f"amqp://guest:guest@127.0.0.1:5672/{VHOST}")
@@ -129,24 +125,6 @@ def reset_queues(url: str = AMQP_URL) -> None:
     devkit.reset_queues(url, (EVENTS_QUEUE, DEAD_QUEUE, CUSTOMER_CREATED, ALL_RECORDS))
 
 
-def drain_all(queue: Queue, url: str = AMQP_URL, idle: float = 1.0) -> list[Any]:
-    """Every message now in ``queue`` (acknowledged), once it stayed empty for ``idle`` s."""
-    got: list[Any] = []
-    with Connection(url) as conn:
-        bound = queue.bind(conn.default_channel)
-        empty_since: float | None = None
-        while True:
-            message = bound.get(no_ack=True)
-            if message is not None:
-                got.append(message)
-                empty_since = None
-                continue
-            empty_since = empty_since or time.monotonic()
-            if time.monotonic() - empty_since >= idle:
-                return got
-            time.sleep(0.05)
-
-
 def broker_view() -> str:
     """What RabbitMQ says about the input queue and its consumers (for a stalled run)."""
     queues = rabbitmqctl(
@@ -189,9 +167,6 @@ def wait_quiescent(
     raise TimeoutError(
         f"rapidly.events not quiescent after {timeout:.0f}s: (ready, unacked)={last}"
     )
-
-
-# --- Redis of our own --------------------------------------------------------------------------
 
 
 # --- the worker --------------------------------------------------------------------------------
@@ -237,94 +212,42 @@ def worker_health(worker: WorkerProcess) -> str:
     return "; ".join(answers)
 
 
-def process_rss(worker: WorkerProcess) -> int:
-    """Resident memory of the worker's whole process tree, in bytes."""
-    assert worker.proc is not None
-    try:
-        root = psutil.Process(worker.proc.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, worker: WorkerProcess, interval: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.worker = worker
-        self.interval = interval
-        self.peak = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.peak = max(self.peak, process_rss(self.worker))
-            self._halt.wait(self.interval)
-
-    def stop(self) -> int:
-        self._halt.set()
-        self.join(5)
-        return self.peak
-
-
 # --- producing ---------------------------------------------------------------------------------
 
 
-def confirmed_producer(url: str = AMQP_URL) -> Celery:
-    """A plain Celery producer, with publisher confirms so a send that returned is in the queue."""
-    app = Celery(broker=url)
-    app.conf.broker_transport_options = {"confirm_publish": True}
-    return app
-
-
 class PacedSender(threading.Thread):
-    """Sends ``ids`` spread evenly over ``seconds`` with a plain ``send_task``. A send that fails
-    (its connection closed under it) is sent again: the input may then hold the ID twice, which
-    producers are allowed to do (CONTRACT.md section 1); an ID is never skipped."""
+    """Sends ``ids`` spread evenly over ``seconds`` with a plain, confirmed ``send_task``; a send
+    that fails (its connection closed under it) is sent again (``devkit.Sender``'s ``resend``)."""
 
     def __init__(self, ids: list[Any], seconds: float, url: str = AMQP_URL) -> None:
         super().__init__(daemon=True, name="paced-sender")
         self.ids = ids
         self.seconds = seconds
-        self.url = url
-        self.sent = 0
-        self.resends = 0
-        self.errors: list[str] = []
+        self.sender = devkit.Sender(url, confirm=True, resend=True)
         self.finished_at: float | None = None
 
-    def run(self) -> None:
-        app = confirmed_producer(self.url)
-        started = time.monotonic()
-        step = self.seconds / max(1, len(self.ids))
-        for index, event_id in enumerate(self.ids):
-            delay = started + index * step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._send(app, event_id)
-        self.finished_at = time.monotonic()
+    @property
+    def sent(self) -> int:
+        return self.sender.sent
 
-    def _send(self, app: Celery, event_id: Any) -> None:
-        for attempt in range(60):
-            try:
-                app.send_task("events.enrich", args=[event_id], queue=EVENTS, retry=True)
-                self.sent += 1
-                return
-            except Exception as exc:  # noqa: BLE001 - any failure: send again, never skip
-                self.resends += 1
-                self.errors.append(f"{now_iso()} attempt {attempt}: {type(exc).__name__}: {exc}")
-                time.sleep(0.5)
-        raise RuntimeError(f"could not send {event_id!r} in 60 attempts")
+    @property
+    def resends(self) -> int:
+        return self.sender.resends
+
+    @property
+    def errors(self) -> list[str]:
+        return self.sender.errors
+
+    def run(self) -> None:
+        self.sender.send(self.ids, rate=max(1, len(self.ids)) / self.seconds)
+        self.finished_at = time.monotonic()
 
 
 def send_concurrently(ids: Iterable[Any], url: str = AMQP_URL) -> None:
     """Every ID from its own thread, released together by a barrier, through one producer app
     (its connection pool is shared by the threads, as in a threaded web server)."""
     ids = list(ids)
-    app = confirmed_producer(url)
+    app = devkit.producer(url, confirm=True)
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=3)
     barrier = threading.Barrier(len(ids))
@@ -333,7 +256,7 @@ def send_concurrently(ids: Iterable[Any], url: str = AMQP_URL) -> None:
     def one(event_id: Any) -> None:
         try:
             barrier.wait(10)
-            app.send_task("events.enrich", args=[event_id], queue=EVENTS, retry=True)
+            devkit.send(app, event_id, retry=True)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -365,14 +288,14 @@ class Tally:
     @classmethod
     def collect(cls, url: str = AMQP_URL) -> Tally:
         tally = cls()
-        for message in drain_all(ALL_RECORDS, url):
+        for message in devkit.drain_all(ALL_RECORDS, url):
             event_id = message.properties.get("message_id")
             tally.records[event_id] += 1
             body = json.loads(message.body)
             validate_record(body)  # CONTRACT.md section 9: every record validates
             tally.record_bodies[event_id].append(body)
             tally.routing_keys[event_id] = message.delivery_info["routing_key"]
-        for message in drain_all(DEAD_QUEUE, url):
+        for message in devkit.drain_all(DEAD_QUEUE, url):
             try:
                 event_id = json.loads(message.body)[0][0]
             except (ValueError, LookupError, TypeError):

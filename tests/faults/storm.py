@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devkit import RedisServer, SimulatorProcess
+from devkit import RedisServer, SimulatorProcess, WorkerProcess
 from tests.faults import faultkit
-from tests.integration.harness import WorkerProcess
 
 SIM_FAULTS = (
     "--error-rate",

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from devkit import RedisServer
+from devkit import RedisServer, TreeSampler, WorkerProcess, drain, producer, send, tree_rss
 from tests.faults import faultkit
-from tests.faults.faultkit import AMQP_URL, RssSampler, Tally, record_diff
-from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, send
+from tests.faults.faultkit import AMQP_URL, Tally, record_diff
+from tests.integration.harness import ALL_RECORDS
 
 MAX_DEPTH = 100
 # GET of the event, one GET per ancestor up to the cap, one children listing; "a few" more for
@@ -104,10 +104,10 @@ def test_hostile_hierarchies(
     worker = spawn_worker(env)
     started = time.monotonic()
     time.sleep(0.5)
-    baseline = faultkit.process_rss(worker)
-    sampler = RssSampler(worker)
+    baseline = tree_rss(worker.pid)
+    sampler = TreeSampler([worker.pid])
     sampler.start()
-    app = faultkit.confirmed_producer()
+    app = producer(AMQP_URL, confirm=True)
     try:
         # The deep one alone, on a cold cache: its API calls are its own.
         sim.admin("/_sim/stats/reset", {})

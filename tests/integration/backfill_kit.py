@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from devkit import VENV_BIN, SimulatorProcess
-from tests.integration.harness import REDIS_STORE_URL, WorkerProcess, worker_env
+from devkit import VENV_BIN, SimulatorProcess, WorkerGroup, WorkerProcess
+from tests.integration.harness import REDIS_STORE_URL, worker_env
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,13 @@ def env_for(tmp_path: Path, own_sim: SimulatorProcess) -> Any:
 
 @pytest.fixture
 def worker_on(tmp_path: Path) -> Iterator[Any]:
-    workers: list[WorkerProcess] = []
+    group = WorkerGroup(tmp_path)
 
     def start(env: dict[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log").start()
-        workers.append(worker)
-        worker.wait_ready()
-        return worker
+        return group.start(env)
 
     yield start
-    for worker in workers:
-        worker.stop(timeout=30)
+    group.stop_all(timeout=30)
 
 
 def cli(

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from devkit import SimulatorProcess, reachable
-from tests.integration.harness import (
-    AMQP_URL,
-    REDIS_BROKER_URL,
-    REDIS_STORE_URL,
-    WorkerProcess,
-    purge,
-    worker_env,
-)
+from devkit import SimulatorProcess, WorkerGroup, WorkerProcess, reachable
+from tests.integration.harness import AMQP_URL, REDIS_BROKER_URL, REDIS_STORE_URL, purge, worker_env
 
 START = {
     "amqp": "RabbitMQ is not reachable at 127.0.0.1:5672; start it with: rabbitmq-server -detached",
@@ -90,7 +83,7 @@ def redis_url() -> str:
 
 @pytest.fixture
 def start_worker(tmp_path: Path, sim: SimulatorProcess) -> Iterator:
-    workers: list[WorkerProcess] = []
+    group = WorkerGroup(tmp_path)
     if reachable(REDIS_STORE_URL):
         redis.Redis.from_url(REDIS_STORE_URL).flushdb()  # dedupe marks of earlier tests
 
@@ -104,16 +97,11 @@ def start_worker(tmp_path: Path, sim: SimulatorProcess) -> Iterator:
         env = worker_env(
             api_url=sim.url,
             broker_url=broker,
-            tmp=tmp_path / f"w{len(workers)}",
+            tmp=tmp_path / f"w{len(group.processes)}",
             redis_url=redis_url,
             **extra,
         )
-        worker = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log", wrapper=wrapper)
-        worker.start()
-        workers.append(worker)
-        worker.wait_ready()
-        return worker
+        return group.start(env, wrapper=wrapper)
 
     yield start
-    for worker in workers:
-        worker.stop(timeout=30)
+    group.stop_all(timeout=30)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devkit import SimulatorProcess
+from devkit import SimulatorProcess, drain
 from tests.integration.backfill_kit import (
     add_events,
     checkpoint_count,
@@ -26,7 +26,7 @@ from tests.integration.backfill_kit import (
     record_ids,
     worker_on,
 )
-from tests.integration.harness import ALL_RECORDS, drain
+from tests.integration.harness import ALL_RECORDS
 from tests.integration.test_end_to_end import check_record
 
 __all__ = ["env_for", "own_sim", "worker_on"]  # fixtures

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from devkit import VENV_BIN, RedisServer, SimulatorProcess
-from tests.integration.harness import ALL_RECORDS, drain, producer, purge, send
+from devkit import VENV_BIN, RedisServer, SimulatorProcess, drain, producer, send
+from tests.integration.harness import ALL_RECORDS, purge
 
 
 def health(worker: Any, what: str) -> int:

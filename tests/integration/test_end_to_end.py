@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
-from devkit import CUSTOMER_CREATED, DEAD, TOKEN, VENV_BIN, SimulatorProcess
-from tests.integration.harness import ALL_RECORDS, drain, producer, send
+from devkit import CUSTOMER_CREATED, DEAD, TOKEN, VENV_BIN, SimulatorProcess, drain, producer, send
+from tests.integration.harness import ALL_RECORDS
 
 DEAD_QUEUE = Queue(DEAD, Exchange(DEAD, "direct", durable=True), DEAD, durable=True)
 

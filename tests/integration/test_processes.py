@@ -11,8 +11,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devkit import TOKEN, VENV_BIN, SimulatorProcess, free_port
-from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, producer, send
+from devkit import (
+    TOKEN,
+    VENV_BIN,
+    SimulatorProcess,
+    WorkerProcess,
+    drain,
+    free_port,
+    producer,
+    send,
+)
+from tests.integration.harness import ALL_RECORDS
 from worker.cpus import choose_processes
 
 

@@ -17,8 +17,18 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from kombu import Connection
 
-from devkit import DEAD_QUEUE, EVENTS_QUEUE, VENV_BIN, SimulatorProcess, rabbitmqctl
-from tests.integration.harness import ALL_RECORDS, WorkerProcess, drain, producer, send
+from devkit import (
+    DEAD_QUEUE,
+    EVENTS_QUEUE,
+    VENV_BIN,
+    SimulatorProcess,
+    WorkerProcess,
+    drain,
+    producer,
+    rabbitmqctl,
+    send,
+)
+from tests.integration.harness import ALL_RECORDS
 
 
 def vhost_of(url: str) -> str:

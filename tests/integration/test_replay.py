@@ -12,7 +12,7 @@ from typing import Any
 
 from kombu import Connection
 
-from devkit import DEAD_QUEUE, SimulatorProcess
+from devkit import DEAD_QUEUE, SimulatorProcess, drain, producer, send
 from tests.integration.backfill_kit import (
     add_events,
     cli,
@@ -21,7 +21,7 @@ from tests.integration.backfill_kit import (
     record_ids,
     worker_on,
 )
-from tests.integration.harness import ALL_RECORDS, drain, producer, send
+from tests.integration.harness import ALL_RECORDS
 
 __all__ = ["env_for", "own_sim", "worker_on"]  # fixtures
 

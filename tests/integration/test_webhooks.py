@@ -5,15 +5,14 @@ the simulator over HTTP, real RabbitMQ and Redis. Every request is signed by the
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,40 +24,28 @@ from standardwebhooks import Webhook as Signer
 from devkit import (
     CUSTOMER_CREATED,
     DEAD_QUEUE,
-    ROOT,
     TOKEN,
-    VENV_BIN,
     SimulatorProcess,
+    WorkerGroup,
+    WorkerProcess,
+    drain,
     ensure_vhost,
     free_port,
-    procfile_command,
     rabbitmqctl,
 )
-from tests.integration.harness import AMQP_URL, REDIS_STORE_URL, WorkerProcess, drain
+from tests.integration.harness import AMQP_URL, REDIS_STORE_URL
 
 SECRET = "rapidly_whs_integration0123456789abcdef"
 OLD_SECRET = "rapidly_whs_rotatedaway9876543210fedcba"
 ROUTE = "/webhooks/rapidly"
 
 
+@dataclass
 class WebProcess(WorkerProcess):
     """The Procfile's ``web:`` line, unchanged, under ``bash -c``."""
 
-    def start(self) -> WebProcess:
-        env = {**os.environ, **self.env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-        env.pop("RAPIDLY_API_TOKEN", None)  # the web process must not need it
-        self.starts += 1
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            ["bash", "-c", procfile_command("web")],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self
+    kind: str = "web"
+    drop_env: tuple[str, ...] = ("RAPIDLY_API_TOKEN",)  # the web process must not need it
 
     @property
     def url(self) -> str:
@@ -144,7 +131,7 @@ def customer_created_events(sim: SimulatorProcess, count: int) -> list[dict[str,
 
 @pytest.fixture
 def start_web(tmp_path: Path) -> Iterator[Any]:
-    webs: list[WebProcess] = []
+    group = WorkerGroup(tmp_path, WebProcess)
 
     def start(broker: str, *, wait: bool = True, **extra: str) -> WebProcess:
         env = {
@@ -154,15 +141,10 @@ def start_web(tmp_path: Path) -> Iterator[Any]:
             "LOG_FORMAT": "json",
             **extra,
         }
-        web = WebProcess(env, tmp_path / f"web{len(webs)}.log").start()
-        webs.append(web)
-        if wait:
-            web.wait_ready()
-        return web
+        return group.start(env, wait=wait)
 
     yield start
-    for web in webs:
-        web.stop(timeout=15)
+    group.stop_all(timeout=15)
 
 
 def test_webhooks_become_customer_created_records(

@@ -342,3 +342,33 @@ def test_invalid_uuid_filters_are_422(sim, client):
 def test_list_requires_auth(sim, anon):
     assert anon.get("/api/events/").status_code == 401
     assert anon.get("/api/events/", params={"depth": 9}).status_code == 401
+
+
+def test_root_windows_by_time_match_the_unwindowed_list(sim, client):
+    """Root windows (depth=0, ascending, start/end bounds) are answered from the roots' sorted
+    timestamps; they must equal filtering the full root list by the same strict bounds."""
+    import random
+
+    ds = sim.dataset
+    everything = [e["id"] for e in _all_pages(client, depth=0, sorting="timestamp")]
+    stamps = sorted(ds.timestamp_us[i] for i in everything)
+    assert len(everything) > 100  # a dataset with something to bisect
+    rng = random.Random(7)
+    picks = [stamps[0] - 1, stamps[0], stamps[-1], stamps[-1] + 1, stamps[len(stamps) // 2]]
+    picks += [rng.choice(stamps) + rng.choice([-1, 0, 1, -1_000_000]) for _ in range(15)]
+
+    def iso(us: int) -> str:
+        return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat()
+
+    for n, start in enumerate(picks):
+        end = start + rng.choice([1, 5_000_000, 3_600_000_000]) if n % 2 else None
+        params = {"depth": 0, "sorting": "timestamp", "start_timestamp": iso(start)}
+        if end is not None:
+            params["end_timestamp"] = iso(end)
+        got = [e["id"] for e in _all_pages(client, **params)]
+        want = [
+            i
+            for i in everything
+            if ds.timestamp_us[i] > start and (end is None or ds.timestamp_us[i] < end)
+        ]
+        assert got == want, (start, end)

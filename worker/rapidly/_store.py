@@ -26,6 +26,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,17 @@ event_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
+
+# Calls in flight are shared by the fleet through Redis (``_fleet``): a process that finds a list
+# call or a parent's GET in flight elsewhere waits this long at most for its answer to land in
+# the cache (one call takes a round trip; a holder that died only costs this wait), polling at
+# growing intervals, then makes the call itself.
+FLIGHT_SECONDS = 2.0
+FLIGHT_POLL_FIRST_SECONDS = 0.005
+FLIGHT_POLL_MAX_SECONDS = 0.05
+_LAND_OWN = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class RateLimitWaitTooLong(TransientError):
@@ -196,6 +208,8 @@ class EventStore:
         self._counts_max_age = counts_max_age
         self._redis = redis
         self._prefix = f"rapidly:{redis_namespace}:evt:"
+        self._flight_prefix = f"rapidly:{redis_namespace}:flight:"
+        self._land_own: Any = None
         self._redis_ttl = redis_ttl
         self._redis_down_until = 0.0
         self._clock = clock
@@ -207,6 +221,31 @@ class EventStore:
         # Parents seen with more children than one page (id -> when): their children are read
         # in windows, their family's first page is not asked again. Bounded like the LRU.
         self._wide: OrderedDict[str, float] = OrderedDict()
+
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
+    def shared_key(self, event_id: str) -> str | None:
+        """The Redis key of ``event_id``'s shared copy when the next ``event(event_id)`` would
+        read it (not in this process's LRU, Redis not cooling down); None otherwise. Lets the
+        caller fetch it in a round trip it makes anyway (``accept_shared``)."""
+        if self._redis is None or self._clock() < self._redis_down_until:
+            return None
+        with self._lock:
+            if event_id in self._lru:
+                return None
+        return self._prefix + event_id
+
+    def accept_shared(self, raw: bytes | str | None) -> None:
+        """The value read at ``shared_key``: cached here as ``event`` would have cached it."""
+        if raw is None:
+            return
+        try:
+            entry = _Entry.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return
+        self._remember([entry], shared=False)
 
     # --- what the enrichment asks for
 
@@ -272,9 +311,13 @@ class EventStore:
         at = window.last_at
         try:
             if window.parent_id is None:
-                self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+                # Another process fetching a root window now: this one is not needed as much.
+                self._collapse(
+                    f"window:{at.isoformat()}",
+                    lambda: self._fleet("roots", lambda: self._root_window_at(at), _skip),
+                )
             else:
-                self._sibling_window_at(window.parent_id, at)
+                self._sibling_window_at(window.parent_id, at, _skip)
         except Exception as exc:  # noqa: BLE001 - an optimisation: the events will be fetched anyway
             log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -287,10 +330,20 @@ class EventStore:
         entry = self._lookup(event_id)
         if entry is not None:
             return entry.event
+
+        def cached() -> Event | None:
+            entry = self._lookup(event_id)
+            return None if entry is None else entry.event
+
         try:
+            # Siblings in other processes walk up to the same parent at the same moment.
             return self._collapse(
                 f"get:{event_id}",
-                lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
+                lambda: self._fleet(
+                    f"get:{event_id}",
+                    lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
+                    cached,
+                ),
             )
         except EventNotFound:
             return None
@@ -299,6 +352,10 @@ class EventStore:
         known = self._known_counts(event.id)
         if known is not None:
             return known
+        if self._known_descendants(event.id) is not None:
+            # A window showed it with descendants already (here or in another process): another
+            # window cannot tell more, only its children listing can.
+            return self._resolve_counts(event)
         if event.parent_id is None:
             if self._root_window > 0 and self._from_root_window(event):
                 return ChildCounts(0, 0)
@@ -317,9 +374,21 @@ class EventStore:
         descendants = self._known_descendants(event.id)
         if descendants is not None and descendants > LIST_PAGE_SIZE:
             return self._collapse(
-                f"direct:{event.id}", lambda: self._count_direct(event, descendants)
+                f"direct:{event.id}",
+                lambda: self._fleet(
+                    f"direct:{event.id}",
+                    lambda: self._count_direct(event, descendants),
+                    lambda: self._known_counts(event.id),
+                ),
             )
-        return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+        return self._collapse(
+            f"children:{event.id}",
+            lambda: self._fleet(
+                f"children:{event.id}",
+                lambda: self._count_children(event),
+                lambda: self._known_counts(event.id),
+            ),
+        )
 
     def _known_descendants(self, event_id: str) -> int | None:
         entry = self._lookup(event_id)
@@ -396,13 +465,27 @@ class EventStore:
         if small and self._known_counts(parent_id) is not None:
             return False  # listed already: had this event been in it, its count would be known
         wide = (family is not None and not small) or self._known_wide(parent_id)
+
+        def family_listed() -> bool | None:
+            """After another process listed the family: whole (its counts cached), or this
+            event seen in it; None: list it here."""
+            if self._known_counts(parent_id) is not None:
+                return True
+            return False if self._known_descendants(event.id) is not None else None
+
+        def event_seen() -> bool | None:
+            return True if self._known_descendants(event.id) is not None else None
+
         try:
             if not wide and self._collapse(
-                f"family:{parent_id}", lambda: self._list_family(parent.event)
+                f"family:{parent_id}",
+                lambda: self._fleet(
+                    f"family:{parent_id}", lambda: self._list_family(parent.event), family_listed
+                ),
             ):
                 return self._known_leaf(event.id)  # the whole family: no window can say more
             if self._known_descendants(event.id) is None:
-                self._sibling_window_at(parent_id, _parse_timestamp(event.timestamp))
+                self._sibling_window_at(parent_id, _parse_timestamp(event.timestamp), event_seen)
         except (TransientError, ValueError):
             return False  # the children listing will retry with its own budget
         return self._known_leaf(event.id)
@@ -470,10 +553,17 @@ class EventStore:
 
     # --- sibling windows: one list call answers for the next ``sibling_window`` children
 
-    def _sibling_window_at(self, parent_id: str, at: datetime) -> None:
+    def _sibling_window_at(
+        self, parent_id: str, at: datetime, answered: Callable[[], bool | None]
+    ) -> None:
+        def fetch() -> bool:
+            self._fetch_sibling_window(parent_id, at)
+            return True
+
+        # One window of a family in flight in the fleet at a time: the others wait for it.
         self._collapse(
             f"siblings:{parent_id}:{at.isoformat()}",
-            lambda: self._fetch_sibling_window(parent_id, at),
+            lambda: self._fleet(f"siblings:{parent_id}", fetch, answered),
         )
 
     def _fetch_sibling_window(self, parent_id: str, at: datetime) -> None:
@@ -537,11 +627,25 @@ class EventStore:
             entry = self._lookup(event.id)
             if entry is not None and entry.descendants is not None:
                 return self._known_leaf(event.id)  # known now, leaf or not: no window needed
+
+        def seen() -> bool | None:
+            entry = self._lookup(event.id)
+            return True if entry is not None and entry.descendants is not None else None
+
         try:
-            self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+            # One root window in flight in the fleet at a time: producers send in time order, so
+            # the window another process is fetching most likely holds this event too.
+            self._collapse(
+                f"window:{at.isoformat()}",
+                lambda: self._fleet("roots", lambda: self._root_window_at(at), seen),
+            )
         except TransientError:
             return False  # the children listing will retry with its own budget
         return self._known_leaf(event.id)
+
+    def _root_window_at(self, at: datetime) -> bool:
+        self._fetch_root_window(at)
+        return True
 
     def _await_lists(self) -> bool:
         """Wait for the list calls in flight (root windows, children listings): they bring
@@ -730,6 +834,51 @@ class EventStore:
                 policy.sleep(delay)
                 error_waited += delay
 
+    def _fleet(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
+        """``work`` (an API call that caches its answer), unless another process sharing the
+        Redis is making the same call: then its answer is waited for and taken from the cache
+        (``answer``; None: not there, the call is made here). Without Redis, or when it fails,
+        the call is simply made: sharing only ever saves calls."""
+        redis = self._redis
+        if redis is None or self._clock() < self._redis_down_until:
+            return work()
+        flight = self._flight_prefix + key
+        token = uuid.uuid4().hex
+        try:
+            taken = redis.set(flight, token, nx=True, px=int(FLIGHT_SECONDS * 1000))
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return work()
+        if taken:
+            try:
+                return work()
+            finally:
+                self._land(flight, token)
+        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
+        while waited < FLIGHT_SECONDS:
+            deadline = event_deadline.get()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                break
+            self._policy.sleep(delay)
+            waited += delay
+            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if not redis.exists(flight):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
+        found = answer()
+        return found if found is not None else work()
+
+    def _land(self, flight: str, token: str) -> None:
+        """The call is over and its answer cached: waiters stop waiting (only our own key)."""
+        try:
+            if self._land_own is None:
+                self._land_own = self._redis.register_script(_LAND_OWN)
+            self._land_own(keys=[flight], args=[token])
+        except Exception as exc:  # noqa: BLE001 - the key expires by itself
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+
     def _collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:
             flight = self._flights.get(key)
@@ -805,6 +954,11 @@ class EventStore:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _skip() -> bool:
+    """A read-ahead another process is making already: not repeated here."""
+    return True
 
 
 def _children_of(parent_id: str, events: list[Event]) -> list[Event]:

@@ -161,3 +161,44 @@ def test_the_claim_brings_the_shared_copy_in_its_round_trip() -> None:
     finally:
         http.close()
         client.close()
+
+
+class ThrottledLimiter:
+    throttled = True
+
+    def acquire(self) -> float:
+        return 0.0
+
+    def penalize(self, seconds: float) -> None:
+        return None
+
+
+def test_under_a_throttling_rate_limit_calls_queue_in_the_limiter_not_on_the_fleet() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    parent, _ = _family(api)
+    redis.data["rapidly:n:flight:children:" + parent["id"]] = "another process"
+    sleeps: list[float] = []
+    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    store = EventStore(
+        client,
+        policy=RetryPolicy(sleep=sleeps.append),
+        limiter=ThrottledLimiter(),
+        redis=redis,
+        redis_namespace="n",
+    )
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sleeps == [] and redis.polls == 0  # no wait on the other process's flight
+    assert sum(api.calls.values()) == 1
+
+
+def test_the_dispatching_limiter_tells_when_callers_wait_for_slots() -> None:
+    from worker.rapidly import LocalRateLimiter
+    from worker.rapidly._ratelimit import DispatchingLimiter
+    from worker.settings import RateLimit
+
+    limiter = DispatchingLimiter(LocalRateLimiter(RateLimit.parse("10/s")))
+    limiter.acquire()
+    assert not limiter.throttled  # the first slot is free at once
+    limiter.acquire()
+    assert limiter.throttled  # the second waited its 100 ms

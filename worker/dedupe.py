@@ -187,11 +187,29 @@ class RedisDedupeStore:
     def is_done(self, key: str) -> bool:
         return _published(self._redis.get(self._prefix + key))
 
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
     def claim(self, key: str) -> Lease | Claim:
         lease = Lease(key)
         full = self._prefix + key
         if self._redis.set(full, lease.lease_value, nx=True, ex=self._lease):
             return lease
+        return self._claim_refused(lease, full)
+
+    def claim_reading(self, key: str, read: str) -> tuple[Lease | Claim, bytes | None]:
+        """``claim`` and a GET of ``read`` (the event's cached copy, which the enrichment reads
+        next) in one round trip: the hot path's first two reads become one."""
+        lease = Lease(key)
+        full = self._prefix + key
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(full, lease.lease_value, nx=True, ex=self._lease)
+        pipe.get(read)
+        taken, value = pipe.execute()
+        return (lease if taken else self._claim_refused(lease, full)), value
+
+    def _claim_refused(self, lease: Lease, full: str) -> Lease | Claim:
         value = self._redis.get(full)
         if _published(value):
             return Claim.DONE

@@ -163,10 +163,29 @@ class EnrichmentService:
         if error is not None:
             raise DedupeUnavailable(error) from error
 
+    def _claim_reading(self, event_id: str) -> Lease | Claim:
+        """The claim, and in the same round trip the event's shared cached copy when both live
+        in one Redis and the store would read it next."""
+        claim_reading: Any = getattr(self._dedupe, "claim_reading", None)
+        redis = getattr(self._store, "redis", None)
+        key = None
+        if claim_reading is not None and redis is not None and redis is self._dedupe_redis():
+            key = self._store.shared_key(event_id)
+        if key is None:
+            return self._dedupe.claim(event_id)
+        claim, raw = claim_reading(event_id, key)
+        self._store.accept_shared(raw)
+        return claim  # type: ignore[no-any-return]
+
+    def _dedupe_redis(self) -> Any:
+        return getattr(self._dedupe, "redis", None)
+
     def _lease(self, event_id: str) -> Lease | None:
         started = time.monotonic()
+        claim_fn: Callable[[str], Lease | Claim] = self._claim_reading
         while True:
-            claim = self._dedupe_call(self._dedupe.claim, event_id)
+            claim = self._dedupe_call(claim_fn, event_id)
+            claim_fn = self._dedupe.claim
             if isinstance(claim, Lease):
                 return claim
             if claim is Claim.DONE:

@@ -98,6 +98,10 @@ class RedisRateLimiter:
 # list calls in flight before it asks for a GET, and a list call started later takes at least an
 # API round trip. Not asking then spares the hot path a cache lookup (a Redis GET) per call.
 RECHECK_AFTER_SECONDS = 0.005
+# A caller that waited this long for its slot means the budget, not the API, bounds the pace;
+# ``throttled`` stays true this long after the last such wait.
+THROTTLED_WAIT_SECONDS = 0.05
+THROTTLED_FOR_SECONDS = 5.0
 
 
 class _Waiter:
@@ -144,6 +148,13 @@ class DispatchingLimiter:
         self._lists: deque[_Waiter] = deque()
         self._gets: deque[_Waiter] = deque()
         self._pumping = False
+        self._throttled_at = -THROTTLED_FOR_SECONDS
+
+    @property
+    def throttled(self) -> bool:
+        """Whether callers waited for their slots lately: requests then queue here, where a
+        slot goes only to a request the cache has not answered meanwhile."""
+        return time.monotonic() - self._throttled_at < THROTTLED_FOR_SECONDS
 
     def acquire(
         self, still_needed: Callable[[], bool] | None = None, *, priority: bool = False
@@ -158,6 +169,8 @@ class DispatchingLimiter:
             threading.Thread(target=self._pump, daemon=True, name="ratelimit-pump").start()
         waiter.ready.wait()
         waited = time.monotonic() - waiter.queued_at
+        if waited >= THROTTLED_WAIT_SECONDS:
+            self._throttled_at = time.monotonic()
         if self._observe is not None:
             self._observe(waited)
         if waiter.error is not None:

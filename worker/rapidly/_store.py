@@ -26,6 +26,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,17 @@ event_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
+
+# Calls in flight are shared by the fleet through Redis (``_fleet``): a process that finds a list
+# call or a parent's GET in flight elsewhere waits this long at most for its answer to land in
+# the cache (one call takes a round trip; a holder that died only costs this wait), polling at
+# growing intervals, then makes the call itself.
+FLIGHT_SECONDS = 2.0
+FLIGHT_POLL_FIRST_SECONDS = 0.005
+FLIGHT_POLL_MAX_SECONDS = 0.05
+_LAND_OWN = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def _check_deadline(delay: float, what: str) -> None:
@@ -183,6 +195,8 @@ class EventStore:
         self._counts_max_age = counts_max_age
         self._redis = redis
         self._prefix = f"rapidly:{redis_namespace}:evt:"
+        self._flight_prefix = f"rapidly:{redis_namespace}:flight:"
+        self._land_own: Any = None
         self._redis_ttl = redis_ttl
         self._redis_down_until = 0.0
         self._clock = clock
@@ -194,6 +208,31 @@ class EventStore:
         # Parents seen with more children than one page (id -> when): their children are read
         # in windows, their family's first page is not asked again. Bounded like the LRU.
         self._wide: OrderedDict[str, float] = OrderedDict()
+
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
+    def shared_key(self, event_id: str) -> str | None:
+        """The Redis key of ``event_id``'s shared copy when the next ``event(event_id)`` would
+        read it (not in this process's LRU, Redis not cooling down); None otherwise. Lets the
+        caller fetch it in a round trip it makes anyway (``accept_shared``)."""
+        if self._redis is None or self._clock() < self._redis_down_until:
+            return None
+        with self._lock:
+            if event_id in self._lru:
+                return None
+        return self._prefix + event_id
+
+    def accept_shared(self, raw: bytes | str | None) -> None:
+        """The value read at ``shared_key``: cached here as ``event`` would have cached it."""
+        if raw is None:
+            return
+        try:
+            entry = _Entry.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            return
+        self._remember([entry], shared=False)
 
     # --- what the enrichment asks for
 
@@ -259,7 +298,7 @@ class EventStore:
         at = window.last_at
         try:
             if window.parent_id is None:
-                self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+                self._collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
             else:
                 self._sibling_window_at(window.parent_id, at)
         except Exception as exc:  # noqa: BLE001 - an optimisation: the events will be fetched anyway
@@ -274,10 +313,20 @@ class EventStore:
         entry = self._lookup(event_id)
         if entry is not None:
             return entry.event
+
+        def cached() -> Event | None:
+            entry = self._lookup(event_id)
+            return None if entry is None else entry.event
+
         try:
+            # Siblings in other processes walk up to the same parent at the same moment.
             return self._collapse(
                 f"get:{event_id}",
-                lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
+                lambda: self._fleet(
+                    f"get:{event_id}",
+                    lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
+                    cached,
+                ),
             )
         except EventNotFound:
             return None
@@ -286,6 +335,10 @@ class EventStore:
         known = self._known_counts(event.id)
         if known is not None:
             return known
+        if self._known_descendants(event.id) is not None:
+            # A window showed it with descendants already (here or in another process): another
+            # window cannot tell more, only its children listing can.
+            return self._resolve_counts(event)
         if event.parent_id is None:
             if self._root_window > 0 and self._from_root_window(event):
                 return ChildCounts(0, 0)
@@ -304,9 +357,21 @@ class EventStore:
         descendants = self._known_descendants(event.id)
         if descendants is not None and descendants > LIST_PAGE_SIZE:
             return self._collapse(
-                f"direct:{event.id}", lambda: self._count_direct(event, descendants)
+                f"direct:{event.id}",
+                lambda: self._fleet(
+                    f"direct:{event.id}",
+                    lambda: self._count_direct(event, descendants),
+                    lambda: self._known_counts(event.id),
+                ),
             )
-        return self._collapse(f"children:{event.id}", lambda: self._count_children(event))
+        return self._collapse(
+            f"children:{event.id}",
+            lambda: self._fleet(
+                f"children:{event.id}",
+                lambda: self._count_children(event),
+                lambda: self._known_counts(event.id),
+            ),
+        )
 
     def _known_descendants(self, event_id: str) -> int | None:
         entry = self._lookup(event_id)
@@ -383,9 +448,20 @@ class EventStore:
         if small and self._known_counts(parent_id) is not None:
             return False  # listed already: had this event been in it, its count would be known
         wide = (family is not None and not small) or self._known_wide(parent_id)
+
+        def family_listed() -> bool | None:
+            """After another process listed the family: whole (its counts cached), or this
+            event seen in it; None: list it here."""
+            if self._known_counts(parent_id) is not None:
+                return True
+            return False if self._known_descendants(event.id) is not None else None
+
         try:
             if not wide and self._collapse(
-                f"family:{parent_id}", lambda: self._list_family(parent.event)
+                f"family:{parent_id}",
+                lambda: self._fleet(
+                    f"family:{parent_id}", lambda: self._list_family(parent.event), family_listed
+                ),
             ):
                 return self._known_leaf(event.id)  # the whole family: no window can say more
             if self._known_descendants(event.id) is None:
@@ -525,10 +601,14 @@ class EventStore:
             if entry is not None and entry.descendants is not None:
                 return self._known_leaf(event.id)  # known now, leaf or not: no window needed
         try:
-            self._collapse(f"window:{at.isoformat()}", lambda: self._fetch_root_window(at))
+            self._collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
         except TransientError:
             return False  # the children listing will retry with its own budget
         return self._known_leaf(event.id)
+
+    def _root_window_at(self, at: datetime) -> bool:
+        self._fetch_root_window(at)
+        return True
 
     def _await_lists(self) -> bool:
         """Wait for the list calls in flight (root windows, children listings): they bring
@@ -716,6 +796,60 @@ class EventStore:
                 _check_deadline(delay, "API unavailable")
                 policy.sleep(delay)
                 error_waited += delay
+
+    def _fleet(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
+        """``work`` (an API call that caches its answer), unless another process sharing the
+        Redis is making the same call: then its answer is waited for and taken from the cache
+        (``answer``; None: not there, the call is made here). Without Redis, or when it fails,
+        the call is simply made: sharing only ever saves calls.
+
+        Not while the rate limit holds requests back (``throttled``): a call then waits in the
+        limiter's queue, which drops it once the cache answers it, and does better than a
+        bounded wait here (measured: 0.32 calls per event with flights under a 30/s budget,
+        0.28 without)."""
+        redis = self._redis
+        if (
+            redis is None
+            or self._clock() < self._redis_down_until
+            or getattr(self._limiter, "throttled", False)
+        ):
+            return work()
+        flight = self._flight_prefix + key
+        token = uuid.uuid4().hex
+        try:
+            taken = redis.set(flight, token, nx=True, px=int(FLIGHT_SECONDS * 1000))
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return work()
+        if taken:
+            try:
+                return work()
+            finally:
+                self._land(flight, token)
+        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
+        while waited < FLIGHT_SECONDS:
+            deadline = event_deadline.get()
+            if deadline is not None and time.monotonic() + delay > deadline:
+                break
+            self._policy.sleep(delay)
+            waited += delay
+            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if not redis.exists(flight):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
+        found = answer()
+        return found if found is not None else work()
+
+    def _land(self, flight: str, token: str) -> None:
+        """The call is over and its answer cached: waiters stop waiting (only our own key)."""
+        try:
+            if self._land_own is None:
+                self._land_own = self._redis.register_script(_LAND_OWN)
+            self._land_own(keys=[flight], args=[token])
+        except Exception as exc:  # noqa: BLE001 - the key expires by itself
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
 
     def _collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:

@@ -1,0 +1,204 @@
+"""Calls in flight shared across processes through Redis (``EventStore._fleet``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import SecretStr
+
+from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
+from worker.rapidly import ChildCounts, EventStore, RapidlyClient, RetryPolicy
+from worker.rapidly._models import Event
+from worker.rapidly._store import FLIGHT_SECONDS
+
+
+class FakeRedis:
+    """The Redis calls the event store makes, over a dict (no expiry: tests drive time)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.polls = 0
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def set(
+        self, key: str, value: Any, ex: int | None = None, nx: bool = False, px: int | None = None
+    ) -> bool:
+        if nx and key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+    def exists(self, key: str) -> int:
+        self.polls += 1
+        return int(key in self.data)
+
+    def pipeline(self, transaction: bool = False) -> FakeRedis:
+        return self
+
+    def execute(self) -> None:
+        return None
+
+    def register_script(self, _: str) -> Callable[..., int]:
+        def land(keys: list[str], args: list[str]) -> int:
+            if self.data.get(keys[0]) == args[0]:
+                del self.data[keys[0]]
+                return 1
+            return 0
+
+        return land
+
+
+def _store(api: FakeApi, redis: FakeRedis, sleep: Callable[[float], None]) -> EventStore:
+    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    policy = RetryPolicy(sleep=sleep)
+    return EventStore(client, policy=policy, redis=redis, redis_namespace="n")
+
+
+def _family(api: FakeApi) -> tuple[dict[str, Any], dict[str, Any]]:
+    parent = make_event(new_id())
+    child = make_event(new_id(), parent["id"])
+    api.add(parent, child)
+    return parent, child
+
+
+def test_a_listing_in_flight_in_another_process_is_waited_for_not_repeated() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    parent, _ = _family(api)
+    other = _store(api, redis, lambda _: None)
+    flight = "rapidly:n:flight:children:" + parent["id"]
+    redis.data[flight] = "another process"
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # While this process waits, the other one lists the children and lands its flight.
+        sleeps.append(seconds)
+        if flight in redis.data:
+            del redis.data[flight]
+            other.count_children(Event.from_api(parent))
+
+    store = _store(api, redis, sleep)
+    store.prime([(Event.from_api(parent), 1, None)])  # a window showed it with descendants
+    calls_by_other = 1  # the other process's listing
+    counts = store.child_counts(Event.from_api(parent))
+    assert counts == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == calls_by_other
+    assert sleeps and max(sleeps) <= FLIGHT_SECONDS
+
+
+def test_a_flight_whose_holder_died_costs_a_bounded_wait_then_the_call() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    parent, _ = _family(api)
+    redis.data["rapidly:n:flight:children:" + parent["id"]] = "a process that died"
+    sleeps: list[float] = []
+    store = _store(api, redis, sleeps.append)
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == 1  # made here after the wait
+    assert FLIGHT_SECONDS <= sum(sleeps) <= FLIGHT_SECONDS + 0.1
+
+
+def test_the_holder_lands_its_own_flight_and_no_other() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    parent, _ = _family(api)
+    store = _store(api, redis, lambda _: None)
+    store.count_children(Event.from_api(parent))  # not through the fleet: no key at all
+    assert not [k for k in redis.data if ":flight:" in k]
+    assert store.parent(parent["id"]) is not None  # cached: no call, no flight
+    fresh = make_event(new_id())
+    api.add(fresh)
+    assert store.parent(fresh["id"]) is not None
+    assert not [k for k in redis.data if ":flight:" in k]  # the GET's flight was landed
+    assert api.calls["get"] == 1
+
+
+def test_without_redis_every_process_calls_for_itself() -> None:
+    api = FakeApi()
+    parent, _ = _family(api)
+    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    store = EventStore(client, policy=RetryPolicy(sleep=lambda _: None))
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == 1
+
+
+def test_the_claim_brings_the_shared_copy_in_its_round_trip() -> None:
+    """With one Redis for dedupe and cache, the first claim also reads the event's shared copy
+    (cached there by another process's window): the enrichment then reads nothing more."""
+    from tests.unit.test_dedupe_and_service import FakePublisher, redis_client, service_for
+    from worker.dedupe import Claim, Lease, RedisDedupeStore
+
+    client = redis_client()
+    ns = new_id()
+    api = FakeApi()
+    event = make_event(new_id())
+    api.add(event)
+    http = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    try:
+        other = EventStore(http, redis=client, redis_namespace=ns)
+        other.prime([(Event.from_api(event), 0, 0)])  # another process's window showed it
+        store = EventStore(http, redis=client, redis_namespace=ns)
+        dedupe = RedisDedupeStore(client, ns, ttl=60, lease=30)
+        key = store.shared_key(event["id"])
+        assert key is not None
+        claim, raw = dedupe.claim_reading(event["id"], key)
+        assert isinstance(claim, Lease) and raw is not None
+        assert dedupe.claim_reading(event["id"], key)[0] is Claim.BUSY
+        dedupe.release(claim)
+
+        reads: list[str] = []
+        original = client.get
+        client.get = lambda k: reads.append(k) or original(k)  # type: ignore[method-assign]
+        publisher = FakePublisher(dedupe)
+        outcome = service_for(store, dedupe, publisher).process(event["id"])
+        assert outcome.outcome == "published"
+        assert store.shared_key(event["id"]) is None  # in this process's cache now
+        assert [k for k in reads if ":evt:" in k] == []  # the copy came with the claim
+        assert api.requests == []
+        assert service_for(store, dedupe, publisher).process(event["id"]).outcome == "duplicate"
+    finally:
+        http.close()
+        client.close()
+
+
+class ThrottledLimiter:
+    throttled = True
+
+    def acquire(self) -> float:
+        return 0.0
+
+    def penalize(self, seconds: float) -> None:
+        return None
+
+
+def test_under_a_throttling_rate_limit_calls_queue_in_the_limiter_not_on_the_fleet() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    parent, _ = _family(api)
+    redis.data["rapidly:n:flight:children:" + parent["id"]] = "another process"
+    sleeps: list[float] = []
+    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    store = EventStore(
+        client,
+        policy=RetryPolicy(sleep=sleeps.append),
+        limiter=ThrottledLimiter(),
+        redis=redis,
+        redis_namespace="n",
+    )
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sleeps == [] and redis.polls == 0  # no wait on the other process's flight
+    assert sum(api.calls.values()) == 1
+
+
+def test_the_dispatching_limiter_tells_when_callers_wait_for_slots() -> None:
+    from worker.rapidly import LocalRateLimiter
+    from worker.rapidly._ratelimit import DispatchingLimiter
+    from worker.settings import RateLimit
+
+    limiter = DispatchingLimiter(LocalRateLimiter(RateLimit.parse("10/s")))
+    limiter.acquire()
+    assert not limiter.throttled  # the first slot is free at once
+    limiter.acquire()
+    assert limiter.throttled  # the second waited its 100 ms

@@ -14,6 +14,7 @@ from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient
 from worker.rapidly._fleet import FleetFlights
 from worker.rapidly._flight import Flights
 from worker.rapidly._models import Event
+from worker.rapidly._ratelimit import RateLimiter, when_needed
 from worker.rapidly._retry import Retry
 from worker.rapidly._windows import direct_count_params
 
@@ -28,7 +29,10 @@ class Counting:
         flights: Flights,
         fleet: FleetFlights,
         retry: Retry,
+        *,
+        limiter: RateLimiter | None,
     ) -> None:
+        self._limiter = limiter
         self._client = client
         self._cache = cache
         self._flights = flights
@@ -83,8 +87,11 @@ class Counting:
             still_needed = (lambda: cache.known_counts(event.id) is None) if page_no == 1 else None
             try:
                 page = self._retry(
-                    lambda p=page_no, n=still_needed: self._client.list_children(  # type: ignore[misc]
-                        event.id, page=p, still_needed=n
+                    lambda p=page_no, n=still_needed: when_needed(  # type: ignore[misc]
+                        self._limiter,
+                        n,
+                        lambda: self._client.list_children(event.id, page=p),
+                        priority=True,
                     )
                 )
             except NoLongerNeeded:

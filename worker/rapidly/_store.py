@@ -31,7 +31,7 @@ from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient, is_event_id
 from worker.rapidly._fleet import FLIGHT_SECONDS, FleetFlights
 from worker.rapidly._flight import Flights
 from worker.rapidly._models import Event, EventPage
-from worker.rapidly._ratelimit import RateLimiter
+from worker.rapidly._ratelimit import RateLimiter, when_needed
 from worker.rapidly._retry import RetryPolicy, event_deadline, retrying
 from worker.rapidly._windows import Windows
 
@@ -72,7 +72,9 @@ class EventStore:
         self._prefix = self._cache.prefix
         self._flights = Flights()
         self._fleet = FleetFlights(self._cache, limiter, self._policy.sleep, redis_namespace)
-        self._counting = Counting(client, self._cache, self._flights, self._fleet, self._retrying)
+        self._counting = Counting(
+            client, self._cache, self._flights, self._fleet, self._retrying, limiter=limiter
+        )
         self._windows = Windows(
             client,
             self._cache,
@@ -223,8 +225,10 @@ class EventStore:
                 # Asked again when the budget lets the GET go: a list call may have brought the
                 # event while it waited (DispatchingLimiter), and then no call is made.
                 event = self._retrying(
-                    lambda: self._client.get_event(
-                        event_id, still_needed=lambda: self._cache.fresh_event(event_id) is None
+                    lambda: when_needed(
+                        self._limiter,
+                        lambda: self._cache.fresh_event(event_id) is None,
+                        lambda: self._client.get_event(event_id),
                     ),
                     not_found_wait=not_found_wait,
                     event_id=event_id,

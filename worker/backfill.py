@@ -59,8 +59,8 @@ from worker.backfill_checkpoint import (
 from worker.errors import BackfillError, PublishError
 from worker.publishing import EVENTS_QUEUE, TaskPublisher
 from worker.rapidly import Event, EventStore
+from worker.rapidly import api_calls_made as rapidly_calls_made
 from worker.rapidly._client import LIST_PAGE_SIZE
-from worker.rapidly._store import api_calls
 
 log = structlog.get_logger()
 
@@ -318,7 +318,7 @@ class Backfill:
 
 def api_calls_made() -> int:
     """List calls this process made (the store counts them in this context)."""
-    return api_calls.get()
+    return rapidly_calls_made()
 
 
 __all__ = [

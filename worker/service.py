@@ -13,8 +13,8 @@ A record that cannot be published as it is raises Unpublishable (dead-lettered).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -33,7 +33,7 @@ from worker.errors import (
     Unpublishable,
 )
 from worker.publishing import RecordPublisher
-from worker.rapidly import EventStore, validate_customer_id, validate_event_id
+from worker.rapidly import EventStore, count_calls, validate_customer_id, validate_event_id
 from worker.rapidly._store import event_deadline
 
 log = structlog.get_logger()
@@ -89,6 +89,10 @@ class EnrichmentService:
         self._on_published = on_published
 
     def process(self, event_id: str) -> Outcome:
+        with self._unit_of_work():
+            return self._process(event_id)
+
+    def _process(self, event_id: str) -> Outcome:
         event_id = validate_event_id(event_id)
         # EVENT_DEADLINE_SECONDS bounds the waiting before the publish (API retries, 429s,
         # replica lag, another worker's lease); the publish and the marks after it are bounded by
@@ -136,6 +140,20 @@ class EnrichmentService:
         """A webhook's work: the customer's newest system event ``name``, then exactly what
         ``process`` does with its id (same dedupe, same record). The list call that finds it
         primes the store, so the enrichment repeats no call."""
+        with self._unit_of_work():
+            return self._process_customer_event(name, customer_id)
+
+    @contextmanager
+    def _unit_of_work(self) -> Iterator[None]:
+        """Counts the API calls made for one event; the summary line (enrich.finished) logs
+        them, whatever the outcome."""
+        with count_calls() as usage:
+            try:
+                yield
+            finally:
+                structlog.contextvars.bind_contextvars(api_calls=usage.calls)
+
+    def _process_customer_event(self, name: str, customer_id: str) -> Outcome:
         if not isinstance(name, str) or name not in CUSTOMER_EVENT_NAMES:
             raise InvalidMessage(
                 "invalid_arguments",

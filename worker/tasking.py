@@ -37,7 +37,6 @@ from worker.errors import (
     TransientError,
 )
 from worker.publishing import ENRICH_CUSTOMER_TASK_NAME
-from worker.rapidly._store import api_calls
 
 log = structlog.get_logger()
 
@@ -106,7 +105,6 @@ class EnrichTask(Task[Any, Any]):
         rt = runtime.current()
         settings = rt.settings
         started = time.monotonic()
-        api_calls.set(0)
         summary: dict[str, Any] = {}
         counted: str | None = None
         try:
@@ -175,7 +173,8 @@ class EnrichTask(Task[Any, Any]):
             level = "warning" if outcome_name in ("dead_lettered", "requeued") else "info"
             getattr(log, level)(
                 "enrich.finished",
-                api_calls=api_calls.get(),
+                # Counted by the service's unit of work; 0 when it never ran.
+                api_calls=structlog.contextvars.get_contextvars().get("api_calls", 0),
                 duration_ms=round(duration * 1000, 1),
                 **summary,
             )

@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.unit.fakeapi import FakeApi, make_event, new_id
 from worker.dedupe import Claim, Lease, LocalDedupeStore, RedisDedupeStore
@@ -291,3 +292,21 @@ def test_done_mark_outlasts_a_redis_restart(api: FakeApi, store: EventStore) -> 
     publisher = FakePublisher(dedupe)
     assert service_for(store, dedupe, publisher).process(event["id"]).outcome == "published"
     assert dedupe.is_done(event["id"])
+
+
+def test_the_service_counts_the_calls_of_each_event_for_the_summary_line(
+    api: FakeApi, store: EventStore
+) -> None:
+    event = make_event(new_id())
+    api.add(event)
+    dedupe = LocalDedupeStore(ttl=60, lease=30)
+    service = service_for(store, dedupe, FakePublisher(dedupe))
+    structlog.contextvars.clear_contextvars()
+    try:
+        assert service.process(event["id"]).outcome == "published"
+        # GET the event, list its children: the count the task's enrich.finished line logs.
+        assert structlog.contextvars.get_contextvars()["api_calls"] == sum(api.calls.values()) == 2
+        assert service.process(event["id"]).outcome == "duplicate"
+        assert structlog.contextvars.get_contextvars()["api_calls"] == 0  # its own count
+    finally:
+        structlog.contextvars.clear_contextvars()

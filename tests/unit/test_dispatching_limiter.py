@@ -11,9 +11,8 @@ from pydantic import SecretStr
 
 from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
 from worker.errors import NoLongerNeeded
-from worker.rapidly import EventStore, LocalRateLimiter, RapidlyClient, RetryPolicy
+from worker.rapidly import EventStore, LocalRateLimiter, RapidlyClient, RetryPolicy, count_calls
 from worker.rapidly._ratelimit import DispatchingLimiter
-from worker.rapidly._store import api_calls
 from worker.settings import RateLimit
 
 
@@ -163,9 +162,9 @@ def test_get_queued_behind_a_window_is_not_sent(api: FakeApi) -> None:
     counts: dict[str, int] = {}
 
     def enrich(event_id: str) -> None:
-        api_calls.set(0)
-        store.child_counts(store.event(event_id))
-        counts[event_id] = api_calls.get()
+        with count_calls() as usage:
+            store.child_counts(store.event(event_id))
+        counts[event_id] = usage.calls
 
     limiter.acquire()  # the slot at t=0 is spent: every GET below queues, in this order
     order = [roots[1], roots[2], roots[3], roots[4], roots[5], roots[0]]

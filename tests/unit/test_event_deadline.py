@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from tests.unit.fakeapi import BASE, TOKEN, new_id
 from worker.errors import EventDeadlineExceeded
 from worker.rapidly import EventStore, RapidlyClient, RetryPolicy
-from worker.rapidly._store import event_deadline
+from worker.rapidly._retry import event_deadline
 
 
 @pytest.mark.parametrize(("status", "headers"), [(503, {}), (404, {}), (429, {"retry-after": "2"})])

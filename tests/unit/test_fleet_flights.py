@@ -1,4 +1,4 @@
-"""Calls in flight shared across processes through Redis (``EventStore._fleet``)."""
+"""Calls in flight shared across processes through Redis (``worker.rapidly._fleet``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pydantic import SecretStr
 
 from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
 from worker.rapidly import ChildCounts, EventStore, RapidlyClient, RetryPolicy
+from worker.rapidly._fleet import FLIGHT_SECONDS
 from worker.rapidly._models import Event
-from worker.rapidly._store import FLIGHT_SECONDS
 
 
 class FakeRedis:

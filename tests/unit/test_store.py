@@ -8,8 +8,7 @@ import pytest
 from tests.unit.fakeapi import FakeApi, make_event, new_id
 from worker.enrichment import enrich_event
 from worker.errors import EventNotFound, RetriesExhausted
-from worker.rapidly import EventStore, LocalRateLimiter
-from worker.rapidly._store import api_calls
+from worker.rapidly import EventStore, LocalRateLimiter, count_calls
 from worker.settings import RateLimit
 
 
@@ -137,10 +136,10 @@ def test_429_waits_retry_after_and_is_not_an_attempt(
 
 def test_api_calls_are_counted_per_context(api: FakeApi, store: EventStore) -> None:
     t = tree(api)
-    api_calls.set(0)
-    enrich_event(t["c1"]["id"], store, max_depth=100)
+    with count_calls() as usage:
+        enrich_event(t["c1"]["id"], store, max_depth=100)
     # GET c1, GET root, list root's children (c1's siblings), list c1's own children
-    assert api_calls.get() == sum(api.calls.values()) == 4
+    assert usage.calls == sum(api.calls.values()) == 4
 
 
 def test_siblings_listing_serves_leaf_children_and_the_parent(

@@ -13,9 +13,11 @@ from worker.rapidly._client import (
 from worker.rapidly._models import ANCESTOR_FIELDS, Event, EventPage
 from worker.rapidly._ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from worker.rapidly._store import ChildCounts, EventStore, RetryPolicy
+from worker.rapidly._usage import ApiUsage, api_calls_made, count_calls
 
 __all__ = [
     "ANCESTOR_FIELDS",
+    "ApiUsage",
     "ChildCounts",
     "Event",
     "EventPage",
@@ -25,6 +27,8 @@ __all__ = [
     "RateLimiter",
     "RedisRateLimiter",
     "RetryPolicy",
+    "api_calls_made",
+    "count_calls",
     "is_event_id",
     "parse_retry_after",
     "validate_customer_id",

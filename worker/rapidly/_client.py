@@ -107,9 +107,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-StillNeeded = Callable[[], bool] | None
-
-
 class RapidlyClient:
     def __init__(
         self,
@@ -147,13 +144,9 @@ class RapidlyClient:
 
     # --- endpoints
 
-    def get_event(self, event_id: str, *, still_needed: StillNeeded = None) -> Event:
-        """``still_needed`` is asked when the budget allows the request (DispatchingLimiter):
-        False raises NoLongerNeeded instead of sending it."""
+    def get_event(self, event_id: str) -> Event:
         event_id = validate_event_id(event_id)
-        body = self._request(
-            "get", f"api/events/{event_id}", None, event_id=event_id, still_needed=still_needed
-        )
+        body = self._request("get", f"api/events/{event_id}", None, event_id=event_id)
         try:
             event = Event.from_api(body)
         except ValidationError as exc:
@@ -164,10 +157,8 @@ class RapidlyClient:
             raise ApiUnavailable(f"GET event {event_id}: the body is another event's")
         return event
 
-    def list_events(self, params: dict[str, Any], *, still_needed: StillNeeded = None) -> EventPage:
-        body = self._request(
-            "list", "api/events/", params, event_id=None, still_needed=still_needed
-        )
+    def list_events(self, params: dict[str, Any]) -> EventPage:
+        body = self._request("list", "api/events/", params, event_id=None)
         try:
             return EventPage.from_api(body)
         except (ValidationError, ValueError, TypeError) as exc:
@@ -175,14 +166,11 @@ class RapidlyClient:
                 f"list events: body is not an event list ({type(exc).__name__})"
             ) from None
 
-    def list_children(
-        self, parent_id: str, *, page: int = 1, still_needed: StillNeeded = None
-    ) -> EventPage:
+    def list_children(self, parent_id: str, *, page: int = 1) -> EventPage:
         """Direct children of ``parent_id``: ``depth=1``, since without a depth the server
         ignores parent_id."""
         result = self.list_events(
-            {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page},
-            still_needed=still_needed,
+            {"parent_id": parent_id, "depth": 1, "limit": LIST_PAGE_SIZE, "page": page}
         )
         wanted = parent_id.lower()
         if any((child.parent_id or "").lower() != wanted for child in result.events):
@@ -216,11 +204,10 @@ class RapidlyClient:
         params: dict[str, Any] | None,
         *,
         event_id: str | None,
-        still_needed: StillNeeded = None,
     ) -> dict[str, Any]:
         if self._limiter is not None:
             # List calls go first: each answers many GETs.
-            self._limiter.acquire(still_needed, priority=kind == "list")
+            self._limiter.acquire(priority=kind == "list")
         url = self._base.join(path)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.monotonic()

@@ -9,14 +9,21 @@ for everyone (``penalize``).
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
 
 from worker.errors import NoLongerNeeded
 from worker.settings import RateLimit
+
+T = TypeVar("T")
+
+# A slot granted by ``DispatchingLimiter.slot`` to the request made inside it in this context.
+_granted: contextvars.ContextVar[bool] = contextvars.ContextVar("slot_granted", default=False)
 
 # A small burst absorbs scheduling jitter without letting a fleet exceed the budget in any second.
 DEFAULT_BURST = 1.0
@@ -159,7 +166,11 @@ class DispatchingLimiter:
     def acquire(
         self, still_needed: Callable[[], bool] | None = None, *, priority: bool = False
     ) -> float:
-        """Block until this caller may send; NoLongerNeeded if the cache answered meanwhile."""
+        """Block until this caller may send; NoLongerNeeded if the cache answered meanwhile.
+        Inside ``slot`` the slot asked for there is taken at once, without queueing again."""
+        if _granted.get():
+            _granted.set(False)  # one slot, one request
+            return 0.0
         waiter = _Waiter(still_needed)
         with self._lock:
             (self._lists if priority else self._gets).append(waiter)
@@ -178,6 +189,17 @@ class DispatchingLimiter:
         if not waiter.granted:
             raise NoLongerNeeded
         return waited
+
+    @contextmanager
+    def slot(self, still_needed: Callable[[], bool], *, priority: bool = False) -> Iterator[None]:
+        """A slot for the one request made inside, asked for now with ``still_needed`` (asked
+        again when the slot comes due; NoLongerNeeded instead of a slot if it says False)."""
+        self.acquire(still_needed, priority=priority)
+        token = _granted.set(True)
+        try:
+            yield
+        finally:
+            _granted.reset(token)
 
     def penalize(self, seconds: float) -> None:
         self._inner.penalize(seconds)
@@ -209,3 +231,20 @@ class DispatchingLimiter:
                 waiter.ready.set()
                 if waiter.granted:
                     break
+
+
+def when_needed(
+    limiter: object,
+    still_needed: Callable[[], bool] | None,
+    call: Callable[[], T],
+    *,
+    priority: bool = False,
+) -> T:
+    """``call`` (one request through a client sharing ``limiter``) once a slot is granted and
+    ``still_needed`` still says so when it comes due: NoLongerNeeded otherwise (the cache
+    answered while it waited). A limiter that hands out slots in turn (or none) leaves the
+    call as it is."""
+    if still_needed is None or not isinstance(limiter, DispatchingLimiter):
+        return call()
+    with limiter.slot(still_needed, priority=priority):
+        return call()

@@ -1,0 +1,93 @@
+"""Calls in flight shared by the fleet through Redis.
+
+A process that finds a list call or a parent's GET in flight elsewhere waits ``FLIGHT_SECONDS``
+at most for its answer to land in the cache (one call takes a round trip; a holder that died only
+costs this wait), polling at growing intervals, then makes the call itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+
+from worker.rapidly._cache import EventCache
+from worker.rapidly._ratelimit import RateLimiter
+from worker.rapidly._retry import past_deadline
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+FLIGHT_SECONDS = 2.0
+FLIGHT_POLL_FIRST_SECONDS = 0.005
+FLIGHT_POLL_MAX_SECONDS = 0.05
+_LAND_OWN = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
+class FleetFlights:
+    def __init__(
+        self,
+        cache: EventCache,
+        limiter: RateLimiter | None,
+        sleep: Callable[[float], None],
+        redis_namespace: str,
+    ) -> None:
+        self._cache = cache
+        self._limiter = limiter
+        self._sleep = sleep
+        self._prefix = f"rapidly:{redis_namespace}:flight:"
+        self._land_own: Any = None
+
+    def share(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
+        """``work`` (an API call that caches its answer), unless another process sharing the
+        Redis is making the same call: then its answer is waited for and taken from the cache
+        (``answer``; None: not there, the call is made here). Without Redis, or when it fails,
+        the call is simply made: sharing only ever saves calls.
+
+        Not while the rate limit holds requests back (``throttled``): a call then waits in the
+        limiter's queue, which drops it once the cache answers it, and does better than a
+        bounded wait here (measured: 0.32 calls per event with flights under a 30/s budget,
+        0.28 without)."""
+        redis = self._cache.redis
+        if not self._cache.redis_usable() or getattr(self._limiter, "throttled", False):
+            return work()
+        flight = self._prefix + key
+        token = uuid.uuid4().hex
+        try:
+            taken = redis.set(flight, token, nx=True, px=int(FLIGHT_SECONDS * 1000))
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return work()
+        if taken:
+            try:
+                return work()
+            finally:
+                self._land(flight, token)
+        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
+        while waited < FLIGHT_SECONDS:
+            if past_deadline(delay):
+                break
+            self._sleep(delay)
+            waited += delay
+            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if not redis.exists(flight):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
+        found = answer()
+        return found if found is not None else work()
+
+    def _land(self, flight: str, token: str) -> None:
+        """The call is over and its answer cached: waiters stop waiting (only our own key)."""
+        try:
+            if self._land_own is None:
+                self._land_own = self._cache.redis.register_script(_LAND_OWN)
+            self._land_own(keys=[flight], args=[token])
+        except Exception as exc:  # noqa: BLE001 - the key expires by itself
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)

@@ -1,0 +1,64 @@
+"""Single-flight: concurrent reads of one key in this process collapse into one call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Flights:
+    """Calls in flight in this process, by key (``get:…`` for GETs, anything else a list)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+
+    def collapse(self, key: str, work: Callable[[], T]) -> T:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.result  # type: ignore[no-any-return]
+        try:
+            flight.result = work()
+            return flight.result  # type: ignore[no-any-return]
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+    def await_lists(self) -> bool:
+        """Wait for the list calls in flight (root windows, children listings): they bring
+        whole events with counts, so waiting one round trip often saves a call."""
+        with self._lock:
+            waiting = [f for key, f in self._flights.items() if not key.startswith("get:")]
+        for flight in waiting:
+            flight.done.wait()
+        return bool(waiting)
+
+    def await_flight(self, key: str) -> bool:
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is not None:
+            flight.done.wait()
+        return flight is not None

@@ -124,7 +124,19 @@ class Supervisor:
             METRICS_PORT="0",
             PROMETHEUS_MULTIPROC_DIR=str(self._metrics_dir),
         )
+        share = self.budget_share()
+        if share is not None:
+            env["RAPIDLY_RATE_LIMIT"] = share
         return env
+
+    def budget_share(self) -> str | None:
+        """Without ``REDIS_URL`` each process enforces its budget alone: N processes would spend
+        N times ``RAPIDLY_RATE_LIMIT``, so each child gets 1/N of it. With Redis the children
+        share one budget, as separate pods do."""
+        if self._settings.redis_url or self._n < 2:
+            return None
+        budget = self._settings.rate_limit
+        return f"{budget.count * 3600 / budget.per_seconds / self._n:.6g}/h"
 
     def _start(self, child: Child) -> None:
         child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -152,7 +164,12 @@ class Supervisor:
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
         self._serve_metrics()
-        log.info("supervisor.started", processes=self._n, pid=os.getpid())
+        log.info(
+            "supervisor.started",
+            processes=self._n,
+            pid=os.getpid(),
+            budget_per_process=self.budget_share(),
+        )
         for child in self._children:
             self._start(child)
         try:

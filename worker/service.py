@@ -34,7 +34,7 @@ from worker.errors import (
 )
 from worker.publishing import RecordPublisher
 from worker.rapidly import EventStore, count_calls, validate_customer_id, validate_event_id
-from worker.rapidly._store import event_deadline
+from worker.rapidly._retry import event_deadline
 
 log = structlog.get_logger()
 

@@ -28,16 +28,16 @@ from worker.errors import (
 from worker.rapidly._cache import ChildCounts, Entry, EventCache
 from worker.rapidly._children import Counting
 from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient, is_event_id
-from worker.rapidly._fleet import FLIGHT_SECONDS, FleetFlights
+from worker.rapidly._fleet import FleetFlights
 from worker.rapidly._flight import Flights
 from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import RateLimiter, when_needed
-from worker.rapidly._retry import RetryPolicy, event_deadline, retrying
+from worker.rapidly._retry import RetryPolicy, retrying
 from worker.rapidly._windows import Windows
 
 T = TypeVar("T")
 
-__all__ = ["FLIGHT_SECONDS", "ChildCounts", "EventStore", "RetryPolicy", "event_deadline"]
+__all__ = ["ChildCounts", "EventStore", "RetryPolicy"]
 
 
 class EventStore:

@@ -209,11 +209,13 @@ def fresh_start(args: argparse.Namespace, *, keep_bodies: bool) -> RecordCollect
     return RecordCollector(args.broker_url, RECORDS, keep_bodies=keep_bodies).start_listening()
 
 
-def bench_simulator(n: int, seed: int, latency_ms: float, *extra: str) -> SimulatorProcess:
-    """The simulator serving the bench dataset of ``n`` events."""
+def bench_simulator(
+    n: int, seed: int, latency_ms: float, *extra: str, dataset: str = "bench"
+) -> SimulatorProcess:
+    """The simulator serving ``dataset`` (the bench dataset of ``n`` events by default)."""
     return SimulatorProcess(
         "--dataset",
-        "bench",
+        dataset,
         "--bench-size",
         str(n),
         "--seed",

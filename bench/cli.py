@@ -97,6 +97,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
+        "--dataset",
+        choices=("bench", "default"),
+        default="bench",
+        help="compare mode: the simulator's dataset (default: bench; default: the simulator's "
+        "own, small and hostile: cycles, a 120-deep chain, parents out of sight)",
+    )
+    parser.add_argument(
         "--broker-url",
         default=DEFAULT_BROKER,
         help=f"RabbitMQ vhost for every run (default {DEFAULT_BROKER})",

@@ -240,13 +240,17 @@ def mode_throughput(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     n = args.events
     log(
-        f"compare: {n} events, latency {args.latency_ms} ms, {args.rounds} round(s) each, "
+        f"compare: {args.dataset} dataset, {n} events, latency {args.latency_ms} ms, "
+        f"{args.rounds} round(s) each, "
         + (f"sent at {args.send_rate:g}/s" if args.send_rate else "sent as one backlog")
         + f"; product: {args.processes} process(es) x WORKER_CONCURRENCY {args.concurrency}"
     )
-    dataset = build_dataset("bench", args.seed, n)
+    dataset = build_dataset(args.dataset, args.seed, n)
     ids = dataset.bench_order()
-    sim = bench_simulator(n, args.seed, args.latency_ms)
+    if len(ids) != n:
+        log(f"dataset {args.dataset}: {len(ids)} events the token can see, all sent")
+        n = len(ids)
+    sim = bench_simulator(n, args.seed, args.latency_ms, dataset=args.dataset)
     runs: list[dict[str, Any]] = []
     try:
         for round_no in range(1, args.rounds + 1):

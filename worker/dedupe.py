@@ -27,11 +27,9 @@ socket but before the broker read them keeps the ``sent`` mark, so the redeliver
 nothing (a kill mid-write is rare; the alternative, republishing after every kill, duplicates every
 record in flight).
 
-Before publishing, a lease older than half its TTL is confirmed (refreshed) in the store: a lease
-that lapsed during a long enrichment and was taken by another claim stops the publish and the
-message goes back to the queue. A younger lease cannot have lapsed, so the hot path spends no
-round trip on it; if the store went down meanwhile, the sent and done marks after the publish
-wait for it (``worker.service``). The sent mark is written on a Redis connection
+Before publishing, the claim's lease is confirmed (refreshed) in the store: a lease that lapsed
+during a long enrichment and was taken by another claim, or a store that is unreachable, stops the
+publish and the message goes back to the queue. The sent mark is written on a Redis connection
 taken before the broker write, so no other greenlet runs between the two.
 
 With ``REDIS_URL`` the store is shared by the fleet; without it, by the process only (duplicates
@@ -76,10 +74,6 @@ _CONFIRM_OWN = (
 )
 
 
-# A lease younger than this fraction of its TTL is still this claim's without asking the store.
-CONFIRM_AFTER_FRACTION = 0.5
-
-
 class Claim(Enum):
     DONE = "done"  # already published: acknowledge, publish nothing
     BUSY = "busy"  # another claim holds the lease: try again shortly
@@ -92,13 +86,10 @@ def _new_token() -> bytes:
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One claim on one key. The token is unique per claim, not per process: two deliveries
-    of one ID inside one worker (a redelivery after a connection loss) never share a lease.
-    ``taken_at`` (monotonic) is read before the claim is sent, so the lease in the store lives
-    at least until ``taken_at`` + its TTL."""
+    of one ID inside one worker (a redelivery after a connection loss) never share a lease."""
 
     key: str
     token: bytes = field(default_factory=_new_token)
-    taken_at: float = field(default_factory=time.monotonic)
 
     @property
     def lease_value(self) -> bytes:
@@ -227,8 +218,6 @@ class RedisDedupeStore:
         return Claim.BUSY
 
     def confirm(self, lease: Lease) -> bool:
-        if time.monotonic() - lease.taken_at < self._lease * CONFIRM_AFTER_FRACTION:
-            return True  # still within its TTL: nobody else can hold it
         return bool(
             self._confirm_own(
                 keys=[self._prefix + lease.key], args=[lease.lease_value, self._lease * 1000]

@@ -106,10 +106,9 @@ class EnrichmentService:
         marked: list[bool] = []
         try:
             record = enrich_event(event_id, self._store, max_depth=self._max_depth)
-            # Still ours right before the broker sees the record: a lease that lapsed during a
-            # long enrichment (and another claim took) must not lead to a second record. A young
-            # lease is ours without a round trip; the marks after the publish ride out a store
-            # that went down meanwhile (``_complete``).
+            # Still ours, and the store reachable, right before the broker sees the record: a
+            # lease that lapsed during a long enrichment, or a store that is down, must not lead
+            # to a record nobody can mark.
             if not self._dedupe_call(self._dedupe.confirm, lease):
                 if self._dedupe_call(self._dedupe.is_done, event_id):
                     return Outcome(Outcome.DUPLICATE, record)

@@ -350,6 +350,27 @@ def record_diff(body: dict[str, Any], want: dict[str, Any], routing_key: str | N
     return "; ".join(diffs)
 
 
+def confirm_lost(worker: WorkerProcess, event_ids: Iterable[str]) -> list[str]:
+    """The ``event_ids`` one of whose deliveries wrote its record and then lost the connection
+    before the broker's confirm came (requeued ``NotPublished``, "publish not confirmed" with a
+    connection error): the worker cannot know whether that record was routed, so it publishes
+    again, and a duplicate is the documented outcome (never a loss)."""
+    wanted = set(event_ids)
+    found: set[str] = set()
+    for rec in worker.log_records():
+        event_id = rec.get("event_id")
+        detail = str(rec.get("detail", ""))
+        if (
+            event_id in wanted
+            and rec.get("event") == "enrich.finished"
+            and rec.get("reason") == "NotPublished"
+            and detail.startswith("publish not confirmed:")
+            and any(kind in detail for kind in ("Connection", "Socket", "Broken pipe", "EOF"))
+        ):
+            found.add(str(event_id))
+    return sorted(found)
+
+
 def log_story(worker: WorkerProcess, event_ids: Iterable[str], limit: int = 40) -> str:
     """The worker's log lines about ``event_ids`` (timestamp, pid of the run, event, outcome)."""
     wanted = set(event_ids)

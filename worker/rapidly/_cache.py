@@ -147,6 +147,11 @@ class EventCache:
             self.remember([entry], shared=False)
         return entry
 
+    def peek(self, event_id: str) -> Entry | None:
+        """This process's copy, without reading Redis (no I/O, no switch)."""
+        with self._lock:
+            return self._lru.get(event_id)
+
     def _read_shared(self, event_id: str) -> Entry | None:
         if not self.redis_usable():
             return None

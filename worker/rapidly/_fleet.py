@@ -68,6 +68,28 @@ class FleetFlights:
                 return work()
             finally:
                 self._land(flight, token)
+        self._wait_gone([flight])
+        found = answer()
+        return found if found is not None else work()
+
+    def await_any(self, keys: list[str]) -> bool:
+        """Wait, as ``share`` does, while any of these calls is in flight in the fleet; True
+        if one was (its answer is then in the cache). Without Redis: False at once."""
+        if not keys or not self._cache.redis_usable() or getattr(self._limiter, "throttled", False):
+            return False
+        flights = [self._prefix + key for key in keys]
+        try:
+            if not self._cache.redis.exists(*flights):
+                return False
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return False
+        self._wait_gone(flights)
+        return True
+
+    def _wait_gone(self, flights: list[str]) -> None:
+        """Poll until none of ``flights`` is held any more, ``FLIGHT_SECONDS`` at most."""
+        redis = self._cache.redis
         waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
         while waited < FLIGHT_SECONDS:
             if past_deadline(delay):
@@ -76,12 +98,10 @@ class FleetFlights:
             waited += delay
             delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
             try:
-                if not redis.exists(flight):
+                if not redis.exists(*flights):
                     break
             except Exception:  # noqa: BLE001 - not shared this time
                 break
-        found = answer()
-        return found if found is not None else work()
 
     def _land(self, flight: str, token: str) -> None:
         """The call is over and its answer cached: waiters stop waiting (only our own key)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -24,6 +25,7 @@ class Flights:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self._counting: dict[str, threading.Event] = {}
 
     def collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:
@@ -62,3 +64,31 @@ class Flights:
         if flight is not None:
             flight.done.wait()
         return flight is not None
+
+    @contextmanager
+    def counting(self, event_id: str, ancestors: list[str]) -> Iterator[bool]:
+        """While ``event_id``'s counts are resolved here. An event whose nearest ancestors (or
+        itself) are being counted already waits for that first: the listing it makes often
+        holds this event with its counts. Yields whether it waited.
+
+        An event waits once at most, before it is marked as being counted, and never after: so
+        no two ever wait for each other (not even in a cycle of events). Checked and marked
+        without a switch in between, so that a burst of events arriving together (a chain)
+        waits for the first of them instead of each listing at once."""
+        with self._lock:
+            busy = next(
+                (self._counting[k] for k in (event_id, *ancestors) if k in self._counting), None
+            )
+        if busy is not None:
+            busy.wait()
+        with self._lock:
+            mine = None if event_id in self._counting else threading.Event()
+            if mine is not None:
+                self._counting[event_id] = mine
+        try:
+            yield busy is not None
+        finally:
+            if mine is not None:
+                with self._lock:
+                    del self._counting[event_id]
+                mine.set()

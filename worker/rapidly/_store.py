@@ -82,6 +82,7 @@ class EventStore:
             self._fleet,
             self._retrying,
             list_children_of=self._counting.list_children_of,
+            subtree_of=self._counting.subtree,
             root_window=root_window,
             sibling_window=sibling_window,
         )
@@ -181,6 +182,14 @@ class EventStore:
         known = self._cache.known_counts(event.id)
         if known is not None:
             return known
+        ancestors = self._counting.nearest_ancestors(event)
+        with self._flights.counting(event.id, ancestors):
+            known = self._cache.known_counts(event.id)
+            if known is None and self._counting.await_ancestors(ancestors):
+                known = self._cache.known_counts(event.id)  # an ancestor's subtree listed it
+            return known if known is not None else self._count(event)
+
+    def _count(self, event: Event) -> ChildCounts:
         if self._cache.known_descendants(event.id) is not None:
             # A window showed it with descendants already (here or in another process): another
             # window cannot tell more, only its children listing can.

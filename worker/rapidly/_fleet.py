@@ -7,8 +7,10 @@ costs this wait), polling at growing intervals, then makes the call itself.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import structlog
@@ -41,6 +43,7 @@ class FleetFlights:
         self._limiter = limiter
         self._sleep = sleep
         self._prefix = f"rapidly:{redis_namespace}:flight:"
+        self._lists = f"rapidly:{redis_namespace}:lists"
         self._land_own: Any = None
 
     def share(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
@@ -86,6 +89,61 @@ class FleetFlights:
             return False
         self._wait_gone(flights)
         return True
+
+    @contextmanager
+    def listing(self) -> Iterator[None]:
+        """Around a list call: the fleet sees it in flight (``await_lists``) until it is over.
+        A sorted set of tokens scored by when they expire, so a holder that died is forgotten."""
+        token = uuid.uuid4().hex if self._sharing() else None
+        if token is not None:
+            now_ms = int(time.time() * 1000)
+            try:
+                pipe = self._cache.redis.pipeline(transaction=False)
+                pipe.zremrangebyscore(self._lists, "-inf", now_ms)
+                pipe.zadd(self._lists, {token: now_ms + int(FLIGHT_SECONDS * 1000)})
+                pipe.pexpire(self._lists, int(FLIGHT_SECONDS * 1000))
+                pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - not shared this time
+                log.debug("cache.flight_unavailable", error=type(exc).__name__)
+                token = None
+        try:
+            yield
+        finally:
+            if token is not None:
+                try:
+                    self._cache.redis.zrem(self._lists, token)
+                except Exception as exc:  # noqa: BLE001 - it expires by itself
+                    log.debug("cache.flight_unavailable", error=type(exc).__name__)
+
+    def await_lists(self) -> bool:
+        """Wait, as ``share`` does, for the list calls in flight in the fleet (any process's
+        window or listing may bring the event about to be fetched); True if there were."""
+        if not self._sharing():
+            return False
+        redis = self._cache.redis
+        try:
+            tokens = redis.zrangebyscore(self._lists, int(time.time() * 1000), "+inf")
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return False
+        if not tokens:
+            return False
+        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
+        while waited < FLIGHT_SECONDS:
+            if past_deadline(delay):
+                break
+            self._sleep(delay)
+            waited += delay
+            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if all(score is None for score in redis.zmscore(self._lists, tokens)):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
+        return True
+
+    def _sharing(self) -> bool:
+        return self._cache.redis_usable() and not getattr(self._limiter, "throttled", False)
 
     def _wait_gone(self, flights: list[str]) -> None:
         """Poll until none of ``flights`` is held any more, ``FLIGHT_SECONDS`` at most."""

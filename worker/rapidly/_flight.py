@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,7 +22,11 @@ class _Flight:
 class Flights:
     """Calls in flight in this process, by key (``get:…`` for GETs, anything else a list)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, around_lists: Callable[[], AbstractContextManager[None]] | None = None
+    ) -> None:
+        # Around each list call led here: the fleet's view of the lists in flight.
+        self._around_lists = around_lists or nullcontext
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._counting: dict[str, threading.Event] = {}
@@ -39,7 +43,11 @@ class Flights:
                 raise flight.error
             return flight.result  # type: ignore[no-any-return]
         try:
-            flight.result = work()
+            if key.startswith("get:"):
+                flight.result = work()
+            else:
+                with self._around_lists():
+                    flight.result = work()
             return flight.result  # type: ignore[no-any-return]
         except BaseException as exc:
             flight.error = exc

@@ -70,8 +70,8 @@ class EventStore:
             clock=clock,
         )
         self._prefix = self._cache.prefix
-        self._flights = Flights()
         self._fleet = FleetFlights(self._cache, limiter, self._policy.sleep, redis_namespace)
+        self._flights = Flights(around_lists=self._fleet.listing)
         self._counting = Counting(
             client, self._cache, self._flights, self._fleet, self._retrying, limiter=limiter
         )
@@ -111,6 +111,8 @@ class EventStore:
         entry = self._cache.lookup(event_id)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
+        if entry is None and self._fleet.await_lists():
+            entry = self._cache.lookup(event_id)  # so may another process's
         if entry is not None and self._cache.is_fresh(entry):
             self._windows.maybe_read_ahead(entry)
             return entry.event

@@ -101,6 +101,7 @@ class Windows:
         self.root_window = root_window
         self._sibling_window = sibling_window
         self._lock = threading.Lock()
+        self._roots_waiting: dict[str, datetime] = {}  # roots waiting for a window: timestamps
 
     def maybe_read_ahead(self, entry: Entry) -> None:
         """Once the stream has reached the second half of a full window, fetch the next one in
@@ -202,16 +203,30 @@ class Windows:
             at = parse_timestamp(event.timestamp)
         except ValueError:
             return False
-        # A window in flight may well hold this event: one call in flight at a time serves the
-        # whole burst of events a full prefetch brings, instead of one window each.
-        if self._flights.await_lists():
-            entry = self._cache.lookup(event.id)
-            if entry is not None and entry.descendants is not None:
-                return self._cache.known_leaf(event.id)  # known now, leaf or not: no window needed
+        with self._lock:
+            self._roots_waiting[event.id] = at
         try:
-            self._flights.collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
+            # A window in flight may well hold this event: one call in flight at a time serves
+            # the whole burst of events a full prefetch brings, instead of one window each.
+            if self._flights.await_lists():
+                entry = self._cache.lookup(event.id)
+                if entry is not None and entry.descendants is not None:
+                    return self._cache.known_leaf(event.id)  # known now: no window needed
+            # From the earliest root waiting for one: the roots of a burst are counted in no
+            # particular order, and a window from the latest would hold none of the others.
+            with self._lock:
+                start = min(self._roots_waiting.values())
+            self._flights.collapse(
+                f"window:{start.isoformat()}", lambda: self._root_window_at(start)
+            )
+            entry = self._cache.lookup(event.id)
+            if start < at and (entry is None or entry.descendants is None):
+                self._flights.collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
         except TransientError:
             return False  # the children listing will retry with its own budget
+        finally:
+            with self._lock:
+                self._roots_waiting.pop(event.id, None)
         return self._cache.known_leaf(event.id)
 
     def _root_window_at(self, at: datetime) -> bool:

@@ -6,6 +6,7 @@ call.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import structlog
@@ -28,6 +29,8 @@ from worker.rapidly._windows import direct_count_params
 
 log = structlog.get_logger()
 
+READ_AHEAD_LISTINGS = 16  # roots' subtrees listed ahead at once, per process
+
 
 class Counting:
     def __init__(
@@ -46,6 +49,7 @@ class Counting:
         self._flights = flights
         self._fleet = fleet
         self._retry = retry
+        self._read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_LISTINGS)
 
     def resolve_counts(self, event: Event) -> ChildCounts:
         """The event's own counts when no window answered them: one call for a wide event whose
@@ -106,14 +110,26 @@ class Counting:
         )
 
     def list_children_of(self, parents: list[Event]) -> None:
-        for parent in parents:
-            if self._cache.known_counts(parent.id) is not None:
-                continue
-            try:
-                self.resolve_counts(parent)
-            except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them anyway
-                log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
-                return
+        """The counts of roots a window showed with descendants, listed ahead of their
+        enrichment (each needs them, and the listing caches their subtree), a few at once: the
+        events of a burst wait for the lists in flight instead of being fetched one by one."""
+        failed = threading.Event()
+
+        def list_one(parent: Event) -> None:
+            with self._read_ahead_slots:
+                if failed.is_set() or self._cache.known_counts(parent.id) is not None:
+                    return
+                try:
+                    self.resolve_counts(parent)
+                except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them
+                    failed.set()
+                    log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=list_one, args=(p,), daemon=True) for p in parents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def count_children(self, event: Event) -> ChildCounts:
         """``event``'s own counts listed now: its subtree in one call when it fits a page

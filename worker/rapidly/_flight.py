@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ class Flights:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._counting: dict[str, threading.Event] = {}
+        self._enriching: dict[str, tuple[threading.Event, float]] = {}
+        self._mine = threading.local()  # the event this thread (greenlet) took up last
 
     def collapse(self, key: str, work: Callable[[], T]) -> T:
         with self._lock:
@@ -100,3 +103,45 @@ class Flights:
                 with self._lock:
                     del self._counting[event_id]
                 mine.set()
+
+    def enter(self, event_id: str, gate_seconds: float) -> bool:
+        """An uncached event about to be fetched: first wait for the events this process took
+        up before it to be counted (``leave``), ``gate_seconds`` at most from when each was taken
+        up: their windows and listings often bring this one, so a burst of IDs (a tree, a
+        chain) is fetched in waves, each after the lists of the one before, instead of every
+        event at once. Waits once, then counts as taken up itself (checked and marked without
+        a switch in between, so that the first of a burst goes at once and the rest wait for
+        it). True if it waited."""
+        self._drop_previous(event_id)
+        now = time.monotonic()
+        with self._lock:
+            for stale in [
+                k for k, (_, at) in self._enriching.items() if now - at > 10 * gate_seconds
+            ]:
+                del self._enriching[stale]  # left without being counted (failed on the way)
+            before = [(done, at) for k, (done, at) in self._enriching.items() if k != event_id]
+        for done, at in before:
+            remaining = at + gate_seconds - time.monotonic()
+            if remaining > 0:  # gevent's wait(0) was seen to never return
+                done.wait(remaining)
+        self.taken_up(event_id)
+        return bool(before)
+
+    def taken_up(self, event_id: str) -> None:
+        self._drop_previous(event_id)
+        self._mine.event_id = event_id
+        with self._lock:
+            if event_id not in self._enriching:
+                self._enriching[event_id] = (threading.Event(), time.monotonic())
+
+    def _drop_previous(self, event_id: str) -> None:
+        previous = getattr(self._mine, "event_id", None)
+        if previous is not None and previous != event_id:
+            self.leave(previous)  # taken up here but never counted (failed on the way)
+
+    def leave(self, event_id: str) -> None:
+        """The event is counted (or failed): the events waiting in ``enter`` may go."""
+        with self._lock:
+            entry = self._enriching.pop(event_id, None)
+        if entry is not None:
+            entry[0].set()

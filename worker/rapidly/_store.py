@@ -37,6 +37,10 @@ from worker.rapidly._windows import Windows
 
 T = TypeVar("T")
 
+# The longest an uncached event waits for the events taken up before it to be counted
+# (``Flights.enter``): a few round trips.
+ENTRY_GATE_SECONDS = 0.25
+
 __all__ = ["ChildCounts", "EventStore", "RetryPolicy"]
 
 
@@ -109,6 +113,10 @@ class EventStore:
     def event(self, event_id: str) -> Event:
         """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
         entry = self._cache.lookup(event_id)
+        if entry is None and self._flights.enter(event_id, ENTRY_GATE_SECONDS):
+            entry = self._cache.lookup(event_id)  # the events before it brought it
+        else:
+            self._flights.taken_up(event_id)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
         if entry is None and self._fleet.await_lists():
@@ -116,9 +124,19 @@ class EventStore:
         if entry is not None and self._cache.is_fresh(entry):
             self._windows.maybe_read_ahead(entry)
             return entry.event
-        return self._flights.collapse(
-            f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds)
-        )
+        try:
+            # Shared like a parent's GET: another process may be walking up through this event.
+            return self._flights.collapse(
+                f"get:{event_id}",
+                lambda: self._fleet.share(
+                    f"get:{event_id}",
+                    lambda: self._fetch(event_id, self._policy.not_found_wait_seconds),
+                    lambda: self._cache.fresh_event(event_id),
+                ),
+            )
+        except BaseException:
+            self._flights.leave(event_id)
+            raise
 
     def system_event(self, name: str, customer_id: str) -> Event:
         """The customer's newest system event named ``name``, found with one list call and
@@ -181,6 +199,12 @@ class EventStore:
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:
+        try:
+            return self._child_counts(event)
+        finally:
+            self._flights.leave(event.id)
+
+    def _child_counts(self, event: Event) -> ChildCounts:
         known = self._cache.known_counts(event.id)
         if known is not None:
             return known

@@ -1,7 +1,8 @@
-"""An event's own child counts: its children listed, or one call for a wide event's direct count.
+"""An event's own child counts: its subtree page (``_subtree``), else its children listed, or one
+call for a wide event's direct count.
 
-Listing the children also caches them whole with their counts, so enriching them later costs no
-call.
+A listing also caches every event on it whole with its counts, so enriching them later costs no
+call; the subtree page gives the counts of four levels of descendants at once.
 """
 
 from __future__ import annotations

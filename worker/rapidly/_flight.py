@@ -6,9 +6,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _TakenUp:
+    done: threading.Event
+    at: float  # time.monotonic()
+    brought: bool  # found in the cache when taken up
 
 
 class _Flight:
@@ -31,7 +39,7 @@ class Flights:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._counting: dict[str, threading.Event] = {}
-        self._enriching: dict[str, tuple[threading.Event, float]] = {}
+        self._enriching: dict[str, _TakenUp] = {}
         self._mine = threading.local()  # the event this thread (greenlet) took up last
 
     def collapse(self, key: str, work: Callable[[], T]) -> T:
@@ -104,35 +112,48 @@ class Flights:
                     del self._counting[event_id]
                 mine.set()
 
-    def enter(self, event_id: str, gate_seconds: float) -> bool:
+    def enter(
+        self, event_id: str, gate_seconds: float, *, brought_since: float | None = None
+    ) -> bool:
         """An uncached event about to be fetched: first wait for the events this process took
         up before it to be counted (``leave``), ``gate_seconds`` at most from when each was taken
         up: their windows and listings often bring this one, so a burst of IDs (a tree, a
         chain) is fetched in waves, each after the lists of the one before, instead of every
-        event at once. Waits once, then counts as taken up itself (checked and marked without
-        a switch in between, so that the first of a burst goes at once and the rest wait for
-        it). True if it waited."""
+        event at once. The first of a burst, with nothing to wait for, is taken up at once
+        (checked and marked without a switch in between): the rest wait for it.
+
+        ``brought_since``: a further round, only for the events taken up since then that were
+        found in the cache and are still being counted (a chain coming in with listings,
+        four levels at a time). True if there was anything to wait for."""
         self._drop_previous(event_id)
         now = time.monotonic()
         with self._lock:
-            for stale in [
-                k for k, (_, at) in self._enriching.items() if now - at > 10 * gate_seconds
-            ]:
+            for stale in [k for k, t in self._enriching.items() if now - t.at > 10 * gate_seconds]:
                 del self._enriching[stale]  # left without being counted (failed on the way)
-            before = [(done, at) for k, (done, at) in self._enriching.items() if k != event_id]
-        for done, at in before:
-            remaining = at + gate_seconds - time.monotonic()
+            before = [
+                t
+                for k, t in self._enriching.items()
+                if k != event_id
+                and (brought_since is None or (t.brought and t.at >= brought_since))
+            ]
+            if not before and brought_since is None:
+                self._take_up(event_id, brought=False)
+        for taken in before:
+            remaining = taken.at + gate_seconds - time.monotonic()
             if remaining > 0:  # gevent's wait(0) was seen to never return
-                done.wait(remaining)
-        self.taken_up(event_id)
+                taken.done.wait(remaining)
         return bool(before)
 
-    def taken_up(self, event_id: str) -> None:
+    def taken_up(self, event_id: str, *, brought: bool) -> None:
+        """The event is being enriched (``brought``: found in the cache)."""
         self._drop_previous(event_id)
-        self._mine.event_id = event_id
         with self._lock:
-            if event_id not in self._enriching:
-                self._enriching[event_id] = (threading.Event(), time.monotonic())
+            self._take_up(event_id, brought=brought)
+
+    def _take_up(self, event_id: str, *, brought: bool) -> None:
+        self._mine.event_id = event_id
+        if event_id not in self._enriching:
+            self._enriching[event_id] = _TakenUp(threading.Event(), time.monotonic(), brought)
 
     def _drop_previous(self, event_id: str) -> None:
         previous = getattr(self._mine, "event_id", None)
@@ -144,4 +165,4 @@ class Flights:
         with self._lock:
             entry = self._enriching.pop(event_id, None)
         if entry is not None:
-            entry[0].set()
+            entry.done.set()

@@ -40,6 +40,7 @@ T = TypeVar("T")
 # The longest an uncached event waits for the events taken up before it to be counted
 # (``Flights.enter``): a few round trips.
 ENTRY_GATE_SECONDS = 0.25
+ENTRY_WAIT_SECONDS = 1.0  # all rounds together
 
 __all__ = ["ChildCounts", "EventStore", "RetryPolicy"]
 
@@ -113,10 +114,9 @@ class EventStore:
     def event(self, event_id: str) -> Event:
         """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
         entry = self._cache.lookup(event_id)
-        if entry is None and self._flights.enter(event_id, ENTRY_GATE_SECONDS):
-            entry = self._cache.lookup(event_id)  # the events before it brought it
-        else:
-            self._flights.taken_up(event_id)
+        if entry is None:
+            entry = self._wait_to_be_brought(event_id)
+        self._flights.taken_up(event_id, brought=entry is not None)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
         if entry is None and self._fleet.await_lists():
@@ -137,6 +137,23 @@ class EventStore:
         except BaseException:
             self._flights.leave(event_id)
             raise
+
+    def _wait_to_be_brought(self, event_id: str) -> Entry | None:
+        """Before fetching an event in no cache: wait for the events taken up before it, then,
+        while those taken up since were found in the cache (a chain coming in with listings),
+        for them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``)."""
+        started = time.monotonic()
+        if not self._flights.enter(event_id, ENTRY_GATE_SECONDS):
+            return None
+        entry = self._cache.lookup(event_id)  # the events before it brought it
+        since = started
+        while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:
+            round_at = time.monotonic()
+            if not self._flights.enter(event_id, ENTRY_GATE_SECONDS, brought_since=since):
+                break
+            since = round_at
+            entry = self._cache.lookup(event_id)
+        return entry
 
     def system_event(self, name: str, customer_id: str) -> Event:
         """The customer's newest system event named ``name``, found with one list call and

@@ -117,6 +117,7 @@ class EventStore:
         if entry is None:
             entry = self._wait_to_be_brought(event_id)
         self._flights.taken_up(event_id, brought=entry is not None)
+        self._fleet.take_up(event_id, brought=entry is not None, gate_seconds=ENTRY_GATE_SECONDS)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
         if entry is None and self._fleet.await_lists():
@@ -135,23 +136,29 @@ class EventStore:
                 ),
             )
         except BaseException:
-            self._flights.leave(event_id)
+            self._leave(event_id)
             raise
 
     def _wait_to_be_brought(self, event_id: str) -> Entry | None:
         """Before fetching an event in no cache: wait for the events taken up before it, then,
         while those taken up since were found in the cache (a chain coming in with listings),
         for them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``)."""
-        started = time.monotonic()
-        if not self._flights.enter(event_id, ENTRY_GATE_SECONDS):
+        gate = ENTRY_GATE_SECONDS
+        started, started_at = time.monotonic(), time.time()
+        here = self._flights.enter(event_id, gate)
+        if not self._fleet.await_taken(event_id, gate_seconds=gate, since=None) and not here:
             return None
         entry = self._cache.lookup(event_id)  # the events before it brought it
-        since = started
+        since, since_at = started, started_at
         while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:
-            round_at = time.monotonic()
-            if not self._flights.enter(event_id, ENTRY_GATE_SECONDS, brought_since=since):
+            round_at, round_time = time.monotonic(), time.time()
+            here = self._flights.enter(event_id, gate, brought_since=since)
+            if (
+                not self._fleet.await_taken(event_id, gate_seconds=gate, since=since_at)
+                and not here
+            ):
                 break
-            since = round_at
+            since, since_at = round_at, round_time
             entry = self._cache.lookup(event_id)
         return entry
 
@@ -219,7 +226,11 @@ class EventStore:
         try:
             return self._child_counts(event)
         finally:
-            self._flights.leave(event.id)
+            self._leave(event.id)
+
+    def _leave(self, event_id: str) -> None:
+        self._flights.leave(event_id)
+        self._fleet.leave(event_id)
 
     def _child_counts(self, event: Event) -> ChildCounts:
         known = self._cache.known_counts(event.id)

@@ -223,3 +223,28 @@ def test_events_on_a_cycle_never_wait_for_each_other() -> None:
     for thread in threads:
         thread.join(2)
     assert sorted(done) == ["a", "b"]
+
+
+def test_an_event_is_told_when_the_one_that_arrived_before_it_is_counted() -> None:
+    flights = Flights()
+    assert flights.arrive("first") is None
+    before = flights.arrive("second")
+    assert before is not None and not before.is_set()
+    flights.leave("first")
+    assert before.is_set()
+    assert flights.arrive("third") is not None  # "second" is still being enriched
+
+
+def test_a_chain_arriving_at_once_is_fetched_once(api: FakeApi, store: EventStore) -> None:
+    """Thirteen chained IDs enriched concurrently: each waits for the one before it, whose
+    listing brings it, instead of all being fetched at once."""
+    events = chain(api, 13)
+    threads = [
+        threading.Thread(target=enrich_event, args=(e["id"], store), kwargs={"max_depth": 100})
+        for e in events
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert api.calls["get"] <= 2

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+ARRIVED_FORGET_SECONDS = 60.0  # an event taken up this long ago failed on the way
+
 
 @dataclass(slots=True)
 class _TakenUp:
@@ -40,6 +42,8 @@ class Flights:
         self._flights: dict[str, _Flight] = {}
         self._counting: dict[str, threading.Event] = {}
         self._enriching: dict[str, _TakenUp] = {}
+        # Events being enriched, in arrival order: (counted, when it arrived).
+        self._arrived: dict[str, tuple[threading.Event, float]] = {}
         self._mine = threading.local()  # the event this thread (greenlet) took up last
 
     def collapse(self, key: str, work: Callable[[], T]) -> T:
@@ -160,9 +164,29 @@ class Flights:
         if previous is not None and previous != event_id:
             self.leave(previous)  # taken up here but never counted (failed on the way)
 
+    def arrive(self, event_id: str) -> threading.Event | None:
+        """The event starts being enriched here: what tells when the one that arrived before it
+        (still being enriched) is counted. IDs come in time order, parents first: a chain's
+        next event waits for the one before it, whose listing (four levels down) brings it,
+        instead of every event of the chain being fetched at once."""
+        now = time.monotonic()
+        with self._lock:
+            while self._arrived:
+                oldest = next(iter(self._arrived))
+                if now - self._arrived[oldest][1] <= ARRIVED_FORGET_SECONDS:
+                    break
+                del self._arrived[oldest]  # never counted (failed on the way)
+            last = next(reversed(self._arrived), None)
+            before = self._arrived[last][0] if last is not None and last != event_id else None
+            self._arrived.setdefault(event_id, (threading.Event(), now))
+        return before
+
     def leave(self, event_id: str) -> None:
         """The event is counted (or failed): the events waiting in ``enter`` may go."""
         with self._lock:
             entry = self._enriching.pop(event_id, None)
+            arrived = self._arrived.pop(event_id, None)
         if entry is not None:
             entry.done.set()
+        if arrived is not None:
+            arrived[0].set()

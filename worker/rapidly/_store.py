@@ -14,6 +14,7 @@ Retries live here, not in the client (``_retry``): 429s, 5xx/timeouts/garbage an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ T = TypeVar("T")
 # (``Flights.enter``): a few round trips.
 ENTRY_GATE_SECONDS = 0.25
 ENTRY_WAIT_SECONDS = 1.0  # all rounds together
+PREDECESSOR_WAIT_SECONDS = 0.5  # for the event that arrived just before
 
 __all__ = ["ChildCounts", "EventStore", "RetryPolicy"]
 
@@ -113,9 +115,10 @@ class EventStore:
 
     def event(self, event_id: str) -> Event:
         """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
+        before = self._flights.arrive(event_id)
         entry = self._cache.lookup(event_id)
         if entry is None:
-            entry = self._wait_to_be_brought(event_id)
+            entry = self._wait_to_be_brought(event_id, before)
         self._flights.taken_up(event_id, brought=entry is not None)
         self._fleet.take_up(event_id, brought=entry is not None, gate_seconds=ENTRY_GATE_SECONDS)
         if entry is None and self._flights.await_lists():
@@ -139,8 +142,9 @@ class EventStore:
             self._leave(event_id)
             raise
 
-    def _wait_to_be_brought(self, event_id: str) -> Entry | None:
-        """Before fetching an event in no cache: wait for the events taken up before it, then,
+    def _wait_to_be_brought(self, event_id: str, before: threading.Event | None) -> Entry | None:
+        """Before fetching an event in no cache: wait for the events taken up before it (here
+        and in the fleet), for the one that arrived just before it (``Flights.arrive``), then,
         while those taken up since were found in the cache (a chain coming in with listings),
         for them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``)."""
         gate = ENTRY_GATE_SECONDS
@@ -149,6 +153,11 @@ class EventStore:
         if not self._fleet.await_taken(event_id, gate_seconds=gate, since=None) and not here:
             return None
         entry = self._cache.lookup(event_id)  # the events before it brought it
+        if entry is None and before is not None:
+            remaining = started + PREDECESSOR_WAIT_SECONDS - time.monotonic()
+            if remaining > 0:
+                before.wait(remaining)
+                entry = self._cache.lookup(event_id)
         since, since_at = started, started_at
         while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:
             round_at, round_time = time.monotonic(), time.time()

@@ -248,3 +248,17 @@ def test_a_chain_arriving_at_once_is_fetched_once(api: FakeApi, store: EventStor
     for thread in threads:
         thread.join(10)
     assert api.calls["get"] <= 2
+
+
+def test_a_parent_that_stayed_404_is_not_asked_again_at_once(
+    api: FakeApi, store: EventStore
+) -> None:
+    missing = new_id()
+    first, second = make_event(new_id(), missing), make_event(new_id(), missing)
+    api.add(first, second)
+    record = enrich_event(first["id"], store, max_depth=100)
+    assert record.body["hierarchy"]["incomplete_reason"] == "parent_not_found"
+    gets = api.calls["get"]
+    record = enrich_event(second["id"], store, max_depth=100)
+    assert record.body["hierarchy"]["incomplete_reason"] == "parent_not_found"
+    assert api.calls["get"] == gets + 1  # its own GET; the parent's 404 is remembered

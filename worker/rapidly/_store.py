@@ -213,9 +213,13 @@ class EventStore:
         entry = self._cache.lookup(event_id)
         if entry is not None:
             return entry.event
+        if self._cache.known_missing(event_id):
+            return None  # stayed 404 for another child's walk a moment ago
 
         def cached() -> Event | None:
             entry = self._cache.lookup(event_id)
+            if entry is None and self._cache.known_missing(event_id):
+                raise EventNotFound(event_id, waited=0.0, attempts=0)
             return None if entry is None else entry.event
 
         try:
@@ -229,6 +233,7 @@ class EventStore:
                 ),
             )
         except EventNotFound:
+            self._cache.remember_missing(event_id, self._policy.parent_not_found_wait_seconds)
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:

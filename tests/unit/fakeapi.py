@@ -81,6 +81,21 @@ class FakeApi:
                     frontier.append(e["id"])
         return len(seen)
 
+    def below(self, event_id: str, depth: int) -> list[dict[str, Any]]:
+        """``parent_id=event_id&depth=N``: descendants 1..N levels down, each once, the event
+        itself excluded (breadth first, as the simulator answers)."""
+        seen, frontier, found = {event_id}, [event_id], []
+        for _ in range(depth):
+            level = [
+                e
+                for e in self.events.values()
+                if e["parent_id"] in frontier and e["id"] not in seen
+            ]
+            seen.update(e["id"] for e in level)
+            found.extend(level)
+            frontier = [e["id"] for e in level]
+        return found
+
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
@@ -102,6 +117,8 @@ class FakeApi:
             items = [
                 e for e in self.events.values() if e["parent_id"] == parent and e["id"] != parent
             ]
+            if parent is not None and int(params["depth"]) > 1:
+                items = self.below(parent, int(params["depth"]))
             if "depth" in params:
                 items = [e for e in items if e["id"] not in self.late]
             if "start_timestamp" in params:  # exclusive, as the server's

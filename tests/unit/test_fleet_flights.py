@@ -31,9 +31,30 @@ class FakeRedis:
         self.data[key] = value
         return True
 
-    def exists(self, key: str) -> int:
+    def exists(self, *keys: str) -> int:
         self.polls += 1
-        return int(key in self.data)
+        return sum(key in self.data for key in keys)
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        self.data.setdefault(key, {}).update(mapping)
+        return len(mapping)
+
+    def zrem(self, key: str, member: str) -> int:
+        return int(self.data.get(key, {}).pop(member, None) is not None)
+
+    def zremrangebyscore(self, key: str, low: Any, high: Any) -> int:
+        return 0  # no expiry: tests drive time
+
+    def zrangebyscore(self, key: str, low: Any, high: Any) -> list[str]:
+        return list(self.data.get(key, {}))
+
+    def zmscore(self, key: str, members: list[str]) -> list[float | None]:
+        self.polls += 1
+        scores = self.data.get(key, {})
+        return [scores.get(m) for m in members]
+
+    def pexpire(self, key: str, ms: int) -> bool:
+        return True
 
     def pipeline(self, transaction: bool = False) -> FakeRedis:
         return self
@@ -202,3 +223,46 @@ def test_the_dispatching_limiter_tells_when_callers_wait_for_slots() -> None:
     assert not limiter.throttled  # the first slot is free at once
     limiter.acquire()
     assert limiter.throttled  # the second waited its 100 ms
+
+
+def test_an_ancestors_subtree_listing_in_another_process_gives_the_counts() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    grandchild = make_event(new_id(), child["id"])
+    api.add(root, child, grandchild)
+    other = _store(api, redis, lambda _: None)
+    flight = "rapidly:n:flight:subtree:" + root["id"]
+    redis.data[flight] = "another process"
+
+    def sleep(_: float) -> None:
+        # While this process waits, the other one lists the root's subtree and lands its flight.
+        if flight in redis.data:
+            del redis.data[flight]
+            other.count_children(Event.from_api(root))
+
+    store = _store(api, redis, sleep)
+    store.prime([(Event.from_api(root), 2, None)])  # the walk cached the parent
+    counts = store.child_counts(Event.from_api(child))
+    assert counts == ChildCounts(1, 1)
+    assert api.calls == {"list": 1}  # the other process's subtree page, nothing here
+
+
+def test_a_get_waits_for_another_process_list_in_flight() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    api.add(root, child)
+    other = _store(api, redis, lambda _: None)
+    lists = "rapidly:n:lists"
+    redis.zadd(lists, {"another process": 1.0})
+
+    def sleep(_: float) -> None:
+        # The other process's listing lands: it brought the child.
+        if redis.data[lists]:
+            other.count_children(Event.from_api(root))
+            redis.zrem(lists, "another process")
+
+    store = _store(api, redis, sleep)
+    assert store.event(child["id"]).id == child["id"]
+    assert api.calls == {"list": 1}  # the other process's listing, no GET here

@@ -138,8 +138,8 @@ def test_api_calls_are_counted_per_context(api: FakeApi, store: EventStore) -> N
     t = tree(api)
     with count_calls() as usage:
         enrich_event(t["c1"]["id"], store, max_depth=100)
-    # GET c1, GET root, list root's children (c1's siblings), list c1's own children
-    assert usage.calls == sum(api.calls.values()) == 4
+    # GET c1, GET root, list root's subtree (c1's siblings and c1's own children with them)
+    assert usage.calls == sum(api.calls.values()) == 3
 
 
 def test_siblings_listing_serves_leaf_children_and_the_parent(

@@ -115,6 +115,8 @@ class EventCache:
         # Parents seen with more children than one page (id -> when): their children are read
         # in windows, their family's first page is not asked again. Bounded like the LRU.
         self._wide: OrderedDict[str, float] = OrderedDict()
+        # Parents that stayed 404 past the replica-lag wait (id -> until when).
+        self._missing: OrderedDict[str, float] = OrderedDict()
 
     def redis_usable(self) -> bool:
         return self.redis is not None and self.clock() >= self._redis_down_until
@@ -146,6 +148,11 @@ class EventCache:
         if entry is not None:
             self.remember([entry], shared=False)
         return entry
+
+    def peek(self, event_id: str) -> Entry | None:
+        """This process's copy, without reading Redis (no I/O, no switch)."""
+        with self._lock:
+            return self._lru.get(event_id)
 
     def _read_shared(self, event_id: str) -> Entry | None:
         if not self.redis_usable():
@@ -259,3 +266,36 @@ class EventCache:
         with self._lock:
             since = self._wide.get(parent_id)
         return since is not None and self.clock() - since <= self._counts_max_age
+
+    # --- parents that stayed 404 (not visible with this token) past the replica-lag wait
+
+    def remember_missing(self, event_id: str, seconds: float) -> None:
+        """For ``seconds`` (the wait it stayed 404 through), the next walks through it take it
+        as not found at once, in every process, instead of waiting and asking again."""
+        until = self.clock() + seconds
+        with self._lock:
+            self._missing[event_id] = until
+            while len(self._missing) > max(1, self.max_events // LIST_PAGE_SIZE):
+                self._missing.popitem(last=False)
+        if not self.redis_usable():
+            return
+        try:
+            self.redis.set(self._missing_key(event_id), "1", px=max(1, int(seconds * 1000)))
+        except Exception as exc:  # noqa: BLE001
+            self._redis_failed(exc)
+
+    def known_missing(self, event_id: str) -> bool:
+        with self._lock:
+            until = self._missing.get(event_id)
+        if until is not None:
+            return self.clock() < until
+        if not self.redis_usable():
+            return False
+        try:
+            return bool(self.redis.get(self._missing_key(event_id)))
+        except Exception as exc:  # noqa: BLE001
+            self._redis_failed(exc)
+            return False
+
+    def _missing_key(self, event_id: str) -> str:
+        return self.prefix.replace(":evt:", ":missing:") + event_id

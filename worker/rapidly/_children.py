@@ -1,10 +1,14 @@
-"""An event's own child counts: its children listed, or one call for a wide event's direct count.
+"""An event's own child counts: its subtree page (``_subtree``), else its children listed, or one
+call for a wide event's direct count.
 
-Listing the children also caches them whole with their counts, so enriching them later costs no
-call.
+A listing also caches every event on it whole with its counts, so enriching them later costs no
+call; the subtree page gives the counts of four levels of descendants at once.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 import structlog
 
@@ -13,12 +17,20 @@ from worker.rapidly._cache import ChildCounts, Entry, EventCache, listed_entry
 from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient
 from worker.rapidly._fleet import FleetFlights
 from worker.rapidly._flight import Flights
-from worker.rapidly._models import Event
+from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import RateLimiter, when_needed
 from worker.rapidly._retry import Retry
+from worker.rapidly._subtree import (
+    SUBTREE_DEPTH,
+    listed_nodes,
+    read_subtree,
+    subtree_params,
+)
 from worker.rapidly._windows import direct_count_params
 
 log = structlog.get_logger()
+
+READ_AHEAD_LISTINGS = 16  # roots' subtrees listed ahead at once, per process
 
 
 class Counting:
@@ -38,14 +50,13 @@ class Counting:
         self._flights = flights
         self._fleet = fleet
         self._retry = retry
+        self._read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_LISTINGS)
 
     def resolve_counts(self, event: Event) -> ChildCounts:
         """The event's own counts when no window answered them: one call for a wide event whose
         descendants a list response told us, else its children listed."""
         cache = self._cache
         known = cache.known_counts(event.id)
-        if known is None and self._flights.await_flight(f"family:{event.id}"):
-            known = cache.known_counts(event.id)  # a child's listing of the whole family
         if known is not None:
             return known
         descendants = cache.known_descendants(event.id)
@@ -67,30 +78,100 @@ class Counting:
             ),
         )
 
+    def nearest_ancestors(self, event: Event) -> list[str]:
+        """The ids of the event's parents up to four levels up, as far as this process holds
+        them (no I/O): a subtree listing of any of them gives the event its counts."""
+        found: list[str] = []
+        seen = {event.id}
+        parent_id = event.parent_id
+        while parent_id is not None and parent_id not in seen and len(found) < SUBTREE_DEPTH - 1:
+            found.append(parent_id)
+            seen.add(parent_id)
+            entry = self._cache.peek(parent_id)
+            parent_id = None if entry is None else entry.event.parent_id
+        return found
+
+    def await_ancestors(self, ancestors: list[str]) -> bool:
+        """Wait for the subtree listings of these ancestors in flight, here or in another
+        process: any of them lists the event with its counts. True if one was."""
+        keys = [f"subtree:{ancestor}" for ancestor in ancestors]
+        waited = [self._flights.await_flight(key) for key in keys]
+        return self._fleet.await_any(keys) or any(waited)
+
+    def subtree(self, event: Event) -> ChildCounts | None:
+        """``event``'s counts from its subtree page (``_subtree``), one listing in flight per
+        event across the fleet; None when the page does not hold the subtree whole."""
+        return self._flights.collapse(
+            f"subtree:{event.id}",
+            lambda: self._fleet.share(
+                f"subtree:{event.id}",
+                lambda: self._list_subtree(event),
+                lambda: self._cache.known_counts(event.id),
+            ),
+        )
+
     def list_children_of(self, parents: list[Event]) -> None:
-        for parent in parents:
-            if self._cache.known_counts(parent.id) is not None:
-                continue
-            try:
-                self.resolve_counts(parent)
-            except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them anyway
-                log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
-                return
+        """The counts of roots a window showed with descendants, listed ahead of their
+        enrichment (each needs them, and the listing caches their subtree), a few at once: the
+        events of a burst wait for the lists in flight instead of being fetched one by one."""
+        failed = threading.Event()
+
+        def list_one(parent: Event) -> None:
+            with self._read_ahead_slots:
+                if failed.is_set() or self._cache.known_counts(parent.id) is not None:
+                    return
+                try:
+                    self.resolve_counts(parent)
+                except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them
+                    failed.set()
+                    log.info("cache.read_ahead_failed", error=f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=list_one, args=(p,), daemon=True) for p in parents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def count_children(self, event: Event) -> ChildCounts:
+        """``event``'s own counts listed now: its subtree in one call when it fits a page
+        (``_subtree``), else its direct children page by page. Everything listed is cached."""
+        descendants = self._cache.known_descendants(event.id)
+        wide = self._cache.known_wide(event.id) or (descendants or 0) > LIST_PAGE_SIZE
+        if not wide:
+            # Known wider than a page, the subtree page cannot hold it: only the children can.
+            counts = self.subtree(event)
+            if counts is not None:
+                return counts
+        return self._list_direct_children(event)
+
+    def _list_subtree(self, event: Event) -> ChildCounts | None:
         cache = self._cache
-        page_no, direct, descendants = 1, 0, 0
-        seen: set[str] = set()
-        entries: list[Entry] = []
+        page = self._first_page(event, lambda: self._client.list_events(subtree_params(event.id)))
+        if isinstance(page, ChildCounts):
+            return page
         now = cache.clock()
+        subtree = read_subtree(event, page, now)
+        if subtree is None:
+            if page.total > len(page.events):
+                cache.mark_wide(event.id, now)
+            cache.remember(listed_nodes(event, page, now))
+            return None
+        counts = subtree.counts
+        own = Entry(event, cache.entry_time(event.id, now), counts.descendants, now, counts.direct)
+        cache.remember([*subtree.entries, own])
+        return counts
+
+    def _first_page(self, event: Event, call: Callable[[], EventPage]) -> EventPage | ChildCounts:
+        """The first page of a listing of ``event``'s family, or its counts when another
+        listing told them while this one waited for its slot."""
+        cache = self._cache
         while True:
-            still_needed = (lambda: cache.known_counts(event.id) is None) if page_no == 1 else None
             try:
-                page = self._retry(
-                    lambda p=page_no, n=still_needed: when_needed(  # type: ignore[misc]
+                return self._retry(
+                    lambda: when_needed(
                         self._limiter,
-                        n,
-                        lambda: self._client.list_children(event.id, page=p),
+                        lambda: cache.known_counts(event.id) is None,
+                        call,
                         priority=True,
                     )
                 )
@@ -98,9 +179,22 @@ class Counting:
                 known = cache.known_counts(event.id)  # listed meanwhile (a sibling's listing)
                 if known is not None:
                     return known
-                continue
+
+    def _list_direct_children(self, event: Event) -> ChildCounts:
+        cache = self._cache
+        page_no, direct, descendants = 1, 0, 0
+        seen: set[str] = set()
+        entries: list[Entry] = []
+        now = cache.clock()
+        while True:
             if page_no == 1:
+                first = self._first_page(event, lambda: self._client.list_children(event.id))
+                if isinstance(first, ChildCounts):
+                    return first
+                page = first
                 direct = page.total
+            else:
+                page = self._retry(lambda p=page_no: self._client.list_children(event.id, page=p))  # type: ignore[misc]
             for child in page.events:
                 if child.id in seen or child.id == event.id:
                     continue  # equal timestamps may repeat across pages

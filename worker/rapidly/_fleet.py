@@ -7,8 +7,10 @@ costs this wait), polling at growing intervals, then makes the call itself.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import structlog
@@ -24,6 +26,8 @@ T = TypeVar("T")
 FLIGHT_SECONDS = 2.0
 FLIGHT_POLL_FIRST_SECONDS = 0.005
 FLIGHT_POLL_MAX_SECONDS = 0.05
+# Events being enriched are polled closer: a chain's next listing comes within a round trip.
+TAKEN_POLL_MAX_SECONDS = 0.01
 _LAND_OWN = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -41,6 +45,9 @@ class FleetFlights:
         self._limiter = limiter
         self._sleep = sleep
         self._prefix = f"rapidly:{redis_namespace}:flight:"
+        self._lists = f"rapidly:{redis_namespace}:lists"
+        self._taken = f"rapidly:{redis_namespace}:taken"  # events being enriched: id -> expiry
+        self._brought = f"rapidly:{redis_namespace}:brought"  # those found in the cache
         self._land_own: Any = None
 
     def share(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
@@ -68,6 +75,63 @@ class FleetFlights:
                 return work()
             finally:
                 self._land(flight, token)
+        self._wait_gone([flight])
+        found = answer()
+        return found if found is not None else work()
+
+    def await_any(self, keys: list[str]) -> bool:
+        """Wait, as ``share`` does, while any of these calls is in flight in the fleet; True
+        if one was (its answer is then in the cache). Without Redis: False at once."""
+        if not keys or not self._cache.redis_usable() or getattr(self._limiter, "throttled", False):
+            return False
+        flights = [self._prefix + key for key in keys]
+        try:
+            if not self._cache.redis.exists(*flights):
+                return False
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return False
+        self._wait_gone(flights)
+        return True
+
+    @contextmanager
+    def listing(self) -> Iterator[None]:
+        """Around a list call: the fleet sees it in flight (``await_lists``) until it is over.
+        A sorted set of tokens scored by when they expire, so a holder that died is forgotten."""
+        token = uuid.uuid4().hex if self._sharing() else None
+        if token is not None:
+            now_ms = int(time.time() * 1000)
+            try:
+                pipe = self._cache.redis.pipeline(transaction=False)
+                pipe.zremrangebyscore(self._lists, "-inf", now_ms)
+                pipe.zadd(self._lists, {token: now_ms + int(FLIGHT_SECONDS * 1000)})
+                pipe.pexpire(self._lists, int(FLIGHT_SECONDS * 1000))
+                pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - not shared this time
+                log.debug("cache.flight_unavailable", error=type(exc).__name__)
+                token = None
+        try:
+            yield
+        finally:
+            if token is not None:
+                try:
+                    self._cache.redis.zrem(self._lists, token)
+                except Exception as exc:  # noqa: BLE001 - it expires by itself
+                    log.debug("cache.flight_unavailable", error=type(exc).__name__)
+
+    def await_lists(self) -> bool:
+        """Wait, as ``share`` does, for the list calls in flight in the fleet (any process's
+        window or listing may bring the event about to be fetched); True if there were."""
+        if not self._sharing():
+            return False
+        redis = self._cache.redis
+        try:
+            tokens = redis.zrangebyscore(self._lists, int(time.time() * 1000), "+inf")
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return False
+        if not tokens:
+            return False
         waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
         while waited < FLIGHT_SECONDS:
             if past_deadline(delay):
@@ -76,12 +140,88 @@ class FleetFlights:
             waited += delay
             delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
             try:
-                if not redis.exists(flight):
+                if all(score is None for score in redis.zmscore(self._lists, tokens)):
                     break
             except Exception:  # noqa: BLE001 - not shared this time
                 break
-        found = answer()
-        return found if found is not None else work()
+        return True
+
+    def take_up(self, event_id: str, *, brought: bool, gate_seconds: float) -> None:
+        """The fleet sees the event being enriched (``Flights.enter`` across processes) until
+        it is counted (``leave``), ``gate_seconds`` at most."""
+        if not self._sharing():
+            return
+        now_ms = int(time.time() * 1000)
+        expiry = now_ms + int(gate_seconds * 1000)
+        try:
+            pipe = self._cache.redis.pipeline(transaction=False)
+            for key in (self._taken, self._brought) if brought else (self._taken,):
+                pipe.zremrangebyscore(key, "-inf", now_ms)
+                pipe.zadd(key, {event_id: expiry})
+                pipe.pexpire(key, int(gate_seconds * 1000))
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+
+    def leave(self, event_id: str) -> None:
+        if not self._cache.redis_usable():
+            return
+        try:
+            pipe = self._cache.redis.pipeline(transaction=False)
+            pipe.zrem(self._taken, event_id)
+            pipe.zrem(self._brought, event_id)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - it expires by itself
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+
+    def await_taken(self, event_id: str, *, gate_seconds: float, since: float | None) -> bool:
+        """Wait for the events being enriched in the fleet (``since``, a ``time.time()``: only
+        those found in the cache and taken up since then) until counted or expired; True if
+        there were any."""
+        if not self._sharing():
+            return False
+        redis = self._cache.redis
+        now_ms = int(time.time() * 1000)
+        key = self._taken if since is None else self._brought
+        low = now_ms if since is None else int(since * 1000) + int(gate_seconds * 1000)
+        try:
+            found = redis.zrangebyscore(key, low, "+inf", withscores=True)
+        except Exception as exc:  # noqa: BLE001 - not shared this time
+            log.debug("cache.flight_unavailable", error=type(exc).__name__)
+            return False
+        members = [m for m, _ in found if (m.decode() if isinstance(m, bytes) else m) != event_id]
+        if not members:
+            return False
+        until = max(score for _, score in found) / 1000
+        delay = FLIGHT_POLL_FIRST_SECONDS
+        while time.time() < until and not past_deadline(delay):
+            self._sleep(delay)
+            delay = min(TAKEN_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if all(score is None for score in redis.zmscore(key, members)):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
+        return True
+
+    def _sharing(self) -> bool:
+        return self._cache.redis_usable() and not getattr(self._limiter, "throttled", False)
+
+    def _wait_gone(self, flights: list[str]) -> None:
+        """Poll until none of ``flights`` is held any more, ``FLIGHT_SECONDS`` at most."""
+        redis = self._cache.redis
+        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
+        while waited < FLIGHT_SECONDS:
+            if past_deadline(delay):
+                break
+            self._sleep(delay)
+            waited += delay
+            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
+            try:
+                if not redis.exists(*flights):
+                    break
+            except Exception:  # noqa: BLE001 - not shared this time
+                break
 
     def _land(self, flight: str, token: str) -> None:
         """The call is over and its answer cached: waiters stop waiting (only our own key)."""

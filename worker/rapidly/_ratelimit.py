@@ -105,9 +105,11 @@ class RedisRateLimiter:
 # list calls in flight before it asks for a GET, and a list call started later takes at least an
 # API round trip. Not asking then spares the hot path a cache lookup (a Redis GET) per call.
 RECHECK_AFTER_SECONDS = 0.005
-# A caller that waited this long for its slot means the budget, not the API, bounds the pace;
-# ``throttled`` stays true this long after the last such wait.
-THROTTLED_WAIT_SECONDS = 0.05
+# A slot the budget held back this long means the budget, not the API, bounds the pace;
+# ``throttled`` stays true this long after the last such wait. The budget's own wait, not the
+# caller's: a burst of callers queues behind the one pump for a few milliseconds each (a Redis
+# round trip per slot) with no budget in sight, and that is no reason to stop sharing calls.
+THROTTLED_BUDGET_WAIT_SECONDS = 0.01
 THROTTLED_FOR_SECONDS = 5.0
 
 
@@ -159,8 +161,8 @@ class DispatchingLimiter:
 
     @property
     def throttled(self) -> bool:
-        """Whether callers waited for their slots lately: requests then queue here, where a
-        slot goes only to a request the cache has not answered meanwhile."""
+        """Whether the budget held slots back lately: requests then queue here, where a slot
+        goes only to a request the cache has not answered meanwhile."""
         return time.monotonic() - self._throttled_at < THROTTLED_FOR_SECONDS
 
     def acquire(
@@ -180,8 +182,6 @@ class DispatchingLimiter:
             threading.Thread(target=self._pump, daemon=True, name="ratelimit-pump").start()
         waiter.ready.wait()
         waited = time.monotonic() - waiter.queued_at
-        if waited >= THROTTLED_WAIT_SECONDS:
-            self._throttled_at = time.monotonic()
         if self._observe is not None:
             self._observe(waited)
         if waiter.error is not None:
@@ -218,7 +218,8 @@ class DispatchingLimiter:
     def _pump(self) -> None:
         while self._has_waiters():
             try:
-                self._inner.acquire()
+                if self._inner.acquire() >= THROTTLED_BUDGET_WAIT_SECONDS:
+                    self._throttled_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the first waiter gets it, the pump lives on
                 if (waiter := self._take()) is not None:
                     waiter.error = exc

@@ -14,6 +14,7 @@ Retries live here, not in the client (``_retry``): 429s, 5xx/timeouts/garbage an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -36,6 +37,12 @@ from worker.rapidly._retry import RetryPolicy, retrying
 from worker.rapidly._windows import Windows
 
 T = TypeVar("T")
+
+# The longest an uncached event waits for the events taken up before it to be counted
+# (``Flights.enter``): a few round trips.
+ENTRY_GATE_SECONDS = 0.25
+ENTRY_WAIT_SECONDS = 1.0  # all rounds together
+PREDECESSOR_WAIT_SECONDS = 0.5  # for the event that arrived just before
 
 __all__ = ["ChildCounts", "EventStore", "RetryPolicy"]
 
@@ -70,8 +77,8 @@ class EventStore:
             clock=clock,
         )
         self._prefix = self._cache.prefix
-        self._flights = Flights()
         self._fleet = FleetFlights(self._cache, limiter, self._policy.sleep, redis_namespace)
+        self._flights = Flights(around_lists=self._fleet.listing)
         self._counting = Counting(
             client, self._cache, self._flights, self._fleet, self._retrying, limiter=limiter
         )
@@ -82,6 +89,7 @@ class EventStore:
             self._fleet,
             self._retrying,
             list_children_of=self._counting.list_children_of,
+            subtree_of=self._counting.subtree,
             root_window=root_window,
             sibling_window=sibling_window,
         )
@@ -107,15 +115,61 @@ class EventStore:
 
     def event(self, event_id: str) -> Event:
         """The event being enriched; EventNotFound once it stays 404 past the replica-lag wait."""
+        before = self._flights.arrive(event_id)
         entry = self._cache.lookup(event_id)
+        if entry is None:
+            entry = self._wait_to_be_brought(event_id, before)
+        self._flights.taken_up(event_id, brought=entry is not None)
+        self._fleet.take_up(event_id, brought=entry is not None, gate_seconds=ENTRY_GATE_SECONDS)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
+        if entry is None and self._fleet.await_lists():
+            entry = self._cache.lookup(event_id)  # so may another process's
         if entry is not None and self._cache.is_fresh(entry):
             self._windows.maybe_read_ahead(entry)
             return entry.event
-        return self._flights.collapse(
-            f"get:{event_id}", lambda: self._fetch(event_id, self._policy.not_found_wait_seconds)
-        )
+        try:
+            # Shared like a parent's GET: another process may be walking up through this event.
+            return self._flights.collapse(
+                f"get:{event_id}",
+                lambda: self._fleet.share(
+                    f"get:{event_id}",
+                    lambda: self._fetch(event_id, self._policy.not_found_wait_seconds),
+                    lambda: self._cache.fresh_event(event_id),
+                ),
+            )
+        except BaseException:
+            self._leave(event_id)
+            raise
+
+    def _wait_to_be_brought(self, event_id: str, before: threading.Event | None) -> Entry | None:
+        """Before fetching an event in no cache: wait for the events taken up before it (here
+        and in the fleet), for the one that arrived just before it (``Flights.arrive``), then,
+        while those taken up since were found in the cache (a chain coming in with listings),
+        for them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``)."""
+        gate = ENTRY_GATE_SECONDS
+        started, started_at = time.monotonic(), time.time()
+        here = self._flights.enter(event_id, gate)
+        if not self._fleet.await_taken(event_id, gate_seconds=gate, since=None) and not here:
+            return None
+        entry = self._cache.lookup(event_id)  # the events before it brought it
+        if entry is None and before is not None:
+            remaining = started + PREDECESSOR_WAIT_SECONDS - time.monotonic()
+            if remaining > 0:
+                before.wait(remaining)
+                entry = self._cache.lookup(event_id)
+        since, since_at = started, started_at
+        while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:
+            round_at, round_time = time.monotonic(), time.time()
+            here = self._flights.enter(event_id, gate, brought_since=since)
+            if (
+                not self._fleet.await_taken(event_id, gate_seconds=gate, since=since_at)
+                and not here
+            ):
+                break
+            since, since_at = round_at, round_time
+            entry = self._cache.lookup(event_id)
+        return entry
 
     def system_event(self, name: str, customer_id: str) -> Event:
         """The customer's newest system event named ``name``, found with one list call and
@@ -159,9 +213,13 @@ class EventStore:
         entry = self._cache.lookup(event_id)
         if entry is not None:
             return entry.event
+        if self._cache.known_missing(event_id):
+            return None  # stayed 404 for another child's walk a moment ago
 
         def cached() -> Event | None:
             entry = self._cache.lookup(event_id)
+            if entry is None and self._cache.known_missing(event_id):
+                raise EventNotFound(event_id, waited=0.0, attempts=0)
             return None if entry is None else entry.event
 
         try:
@@ -175,12 +233,31 @@ class EventStore:
                 ),
             )
         except EventNotFound:
+            self._cache.remember_missing(event_id, self._policy.parent_not_found_wait_seconds)
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:
+        try:
+            return self._child_counts(event)
+        finally:
+            self._leave(event.id)
+
+    def _leave(self, event_id: str) -> None:
+        self._flights.leave(event_id)
+        self._fleet.leave(event_id)
+
+    def _child_counts(self, event: Event) -> ChildCounts:
         known = self._cache.known_counts(event.id)
         if known is not None:
             return known
+        ancestors = self._counting.nearest_ancestors(event)
+        with self._flights.counting(event.id, ancestors):
+            known = self._cache.known_counts(event.id)
+            if known is None and self._counting.await_ancestors(ancestors):
+                known = self._cache.known_counts(event.id)  # an ancestor's subtree listed it
+            return known if known is not None else self._count(event)
+
+    def _count(self, event: Event) -> ChildCounts:
         if self._cache.known_descendants(event.id) is not None:
             # A window showed it with descendants already (here or in another process): another
             # window cannot tell more, only its children listing can.

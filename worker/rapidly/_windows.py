@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from worker.errors import ApiUnavailable, TransientError
-from worker.rapidly._cache import Entry, EventCache, Window, listed_entry
+from worker.rapidly._cache import ChildCounts, Entry, EventCache, Window, listed_entry
 from worker.rapidly._client import RapidlyClient
 from worker.rapidly._fleet import FleetFlights
 from worker.rapidly._flight import Flights
@@ -27,8 +27,6 @@ from worker.rapidly._models import Event
 from worker.rapidly._retry import Retry
 
 log = structlog.get_logger()
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def exclusive_start(at: datetime) -> str:
@@ -51,12 +49,6 @@ def sibling_window_params(parent_id: str, at: datetime, size: int) -> dict[str, 
 def direct_count_params(event_id: str) -> dict[str, Any]:
     """A one-item page of ``event_id``'s children: its ``meta.total`` is the direct count."""
     return {"parent_id": event_id, "depth": 1, "limit": 1, "page": 1}
-
-
-def family_params(parent_id: str, size: int) -> dict[str, Any]:
-    """The first page of ``parent_id``'s children, oldest first: the whole family when it fits,
-    else the first window over it."""
-    return {"parent_id": parent_id, "depth": 1, "sorting": "timestamp", "limit": size, "page": 1}
 
 
 def children_of(parent_id: str, events: list[Event]) -> list[Event]:
@@ -95,6 +87,7 @@ class Windows:
         retry: Retry,
         *,
         list_children_of: Callable[[list[Event]], None],
+        subtree_of: Callable[[Event], ChildCounts | None],
         root_window: int,
         sibling_window: int,
     ) -> None:
@@ -104,9 +97,11 @@ class Windows:
         self._fleet = fleet
         self._retry = retry
         self._list_children_of = list_children_of
+        self._subtree_of = subtree_of
         self.root_window = root_window
         self._sibling_window = sibling_window
         self._lock = threading.Lock()
+        self._roots_waiting: dict[str, datetime] = {}  # roots waiting for a window: timestamps
 
     def maybe_read_ahead(self, entry: Entry) -> None:
         """Once the stream has reached the second half of a full window, fetch the next one in
@@ -158,52 +153,14 @@ class Windows:
             return False  # listed already: had this event been in it, its count would be known
         wide = (family is not None and not small) or cache.known_wide(parent_id)
 
-        def family_listed() -> bool | None:
-            """After another process listed the family: whole (its counts cached), or this
-            event seen in it; None: list it here."""
-            if cache.known_counts(parent_id) is not None:
-                return True
-            return False if cache.known_descendants(event.id) is not None else None
-
         try:
-            if not wide and self._flights.collapse(
-                f"family:{parent_id}",
-                lambda: self._fleet.share(
-                    f"family:{parent_id}", lambda: self._list_family(parent.event), family_listed
-                ),
-            ):
-                return cache.known_leaf(event.id)  # the whole family: no window can say more
+            if not wide and self._subtree_of(parent.event) is not None:
+                return cache.known_leaf(event.id)  # the whole subtree: no window can say more
             if cache.known_descendants(event.id) is None:
                 self._sibling_window_at(parent_id, parse_timestamp(event.timestamp))
         except (TransientError, ValueError):
             return False  # the children listing will retry with its own budget
         return cache.known_leaf(event.id)
-
-    def _list_family(self, parent: Event) -> bool:
-        """The first page of ``parent``'s children, oldest first, cached; True when it holds the
-        whole family (the parent's own counts are then cached too)."""
-        size = self._sibling_window
-        page = self._retry(lambda: self._client.list_events(family_params(parent.id, size)))
-        now = self._cache.clock()
-        children = children_of(parent.id, page.events)
-        whole = page.total <= len(page.events)
-        window = Window(
-            last_at=parse_timestamp(children[-1].timestamp) if children else _EPOCH,
-            full=not whole,
-            size=len(children),
-            parent_id=parent.id,
-        )
-        entries = [listed_entry(e, now, window=window, position=i) for i, e in enumerate(children)]
-        if not whole:
-            self._cache.mark_wide(parent.id, now)
-        else:
-            direct = max(page.total, len(children))
-            descendants = max(direct, sum(1 + e.child_count for e in children))
-            entries.append(
-                Entry(parent, self._cache.entry_time(parent.id, now), descendants, now, direct)
-            )
-        self._cache.remember(entries)
-        return whole
 
     def _sibling_window_at(self, parent_id: str, at: datetime) -> None:
         self._flights.collapse(
@@ -246,16 +203,30 @@ class Windows:
             at = parse_timestamp(event.timestamp)
         except ValueError:
             return False
-        # A window in flight may well hold this event: one call in flight at a time serves the
-        # whole burst of events a full prefetch brings, instead of one window each.
-        if self._flights.await_lists():
-            entry = self._cache.lookup(event.id)
-            if entry is not None and entry.descendants is not None:
-                return self._cache.known_leaf(event.id)  # known now, leaf or not: no window needed
+        with self._lock:
+            self._roots_waiting[event.id] = at
         try:
-            self._flights.collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
+            # A window in flight may well hold this event: one call in flight at a time serves
+            # the whole burst of events a full prefetch brings, instead of one window each.
+            if self._flights.await_lists():
+                entry = self._cache.lookup(event.id)
+                if entry is not None and entry.descendants is not None:
+                    return self._cache.known_leaf(event.id)  # known now: no window needed
+            # From the earliest root waiting for one: the roots of a burst are counted in no
+            # particular order, and a window from the latest would hold none of the others.
+            with self._lock:
+                start = min(self._roots_waiting.values())
+            self._flights.collapse(
+                f"window:{start.isoformat()}", lambda: self._root_window_at(start)
+            )
+            entry = self._cache.lookup(event.id)
+            if start < at and (entry is None or entry.descendants is None):
+                self._flights.collapse(f"window:{at.isoformat()}", lambda: self._root_window_at(at))
         except TransientError:
             return False  # the children listing will retry with its own budget
+        finally:
+            with self._lock:
+                self._roots_waiting.pop(event.id, None)
         return self._cache.known_leaf(event.id)
 
     def _root_window_at(self, at: datetime) -> bool:

@@ -26,8 +26,6 @@ T = TypeVar("T")
 FLIGHT_SECONDS = 2.0
 FLIGHT_POLL_FIRST_SECONDS = 0.005
 FLIGHT_POLL_MAX_SECONDS = 0.05
-# Events being enriched are polled closer: a chain's next listing comes within a round trip.
-TAKEN_POLL_MAX_SECONDS = 0.01
 _LAND_OWN = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -46,8 +44,6 @@ class FleetFlights:
         self._sleep = sleep
         self._prefix = f"rapidly:{redis_namespace}:flight:"
         self._lists = f"rapidly:{redis_namespace}:lists"
-        self._taken = f"rapidly:{redis_namespace}:taken"  # events being enriched: id -> expiry
-        self._brought = f"rapidly:{redis_namespace}:brought"  # those found in the cache
         self._land_own: Any = None
 
     def share(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
@@ -141,64 +137,6 @@ class FleetFlights:
             delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
             try:
                 if all(score is None for score in redis.zmscore(self._lists, tokens)):
-                    break
-            except Exception:  # noqa: BLE001 - not shared this time
-                break
-        return True
-
-    def take_up(self, event_id: str, *, brought: bool, gate_seconds: float) -> None:
-        """The fleet sees the event being enriched (``Flights.enter`` across processes) until
-        it is counted (``leave``), ``gate_seconds`` at most."""
-        if not self._sharing():
-            return
-        now_ms = int(time.time() * 1000)
-        expiry = now_ms + int(gate_seconds * 1000)
-        try:
-            pipe = self._cache.redis.pipeline(transaction=False)
-            for key in (self._taken, self._brought) if brought else (self._taken,):
-                pipe.zremrangebyscore(key, "-inf", now_ms)
-                pipe.zadd(key, {event_id: expiry})
-                pipe.pexpire(key, int(gate_seconds * 1000))
-            pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - not shared this time
-            log.debug("cache.flight_unavailable", error=type(exc).__name__)
-
-    def leave(self, event_id: str) -> None:
-        if not self._cache.redis_usable():
-            return
-        try:
-            pipe = self._cache.redis.pipeline(transaction=False)
-            pipe.zrem(self._taken, event_id)
-            pipe.zrem(self._brought, event_id)
-            pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - it expires by itself
-            log.debug("cache.flight_unavailable", error=type(exc).__name__)
-
-    def await_taken(self, event_id: str, *, gate_seconds: float, since: float | None) -> bool:
-        """Wait for the events being enriched in the fleet (``since``, a ``time.time()``: only
-        those found in the cache and taken up since then) until counted or expired; True if
-        there were any."""
-        if not self._sharing():
-            return False
-        redis = self._cache.redis
-        now_ms = int(time.time() * 1000)
-        key = self._taken if since is None else self._brought
-        low = now_ms if since is None else int(since * 1000) + int(gate_seconds * 1000)
-        try:
-            found = redis.zrangebyscore(key, low, "+inf", withscores=True)
-        except Exception as exc:  # noqa: BLE001 - not shared this time
-            log.debug("cache.flight_unavailable", error=type(exc).__name__)
-            return False
-        members = [m for m, _ in found if (m.decode() if isinstance(m, bytes) else m) != event_id]
-        if not members:
-            return False
-        until = max(score for _, score in found) / 1000
-        delay = FLIGHT_POLL_FIRST_SECONDS
-        while time.time() < until and not past_deadline(delay):
-            self._sleep(delay)
-            delay = min(TAKEN_POLL_MAX_SECONDS, delay * 2)
-            try:
-                if all(score is None for score in redis.zmscore(key, members)):
                     break
             except Exception:  # noqa: BLE001 - not shared this time
                 break

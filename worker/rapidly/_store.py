@@ -120,7 +120,6 @@ class EventStore:
         if entry is None:
             entry = self._wait_to_be_brought(event_id, before)
         self._flights.taken_up(event_id, brought=entry is not None)
-        self._fleet.take_up(event_id, brought=entry is not None, gate_seconds=ENTRY_GATE_SECONDS)
         if entry is None and self._flights.await_lists():
             entry = self._cache.lookup(event_id)  # a window that was in flight may have brought it
         if entry is None and self._fleet.await_lists():
@@ -143,14 +142,17 @@ class EventStore:
             raise
 
     def _wait_to_be_brought(self, event_id: str, before: threading.Event | None) -> Entry | None:
-        """Before fetching an event in no cache: wait for the events taken up before it (here
-        and in the fleet), for the one that arrived just before it (``Flights.arrive``), then,
-        while those taken up since were found in the cache (a chain coming in with listings),
-        for them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``)."""
+        """Before fetching an event in no cache: wait for the events this process took up
+        before it, for the one that arrived just before it (``Flights.arrive``), then, while
+        those taken up since were found in the cache (a chain coming in with listings), for
+        them too, ``ENTRY_WAIT_SECONDS`` at most (``Flights.enter``).
+
+        In this process only: a fleet-wide version (a Redis set of the events being enriched,
+        polled) saved a few calls on the hostile dataset but cost about a tenth of the worker's
+        CPU, and every uncached event would have read the whole fleet's set."""
         gate = ENTRY_GATE_SECONDS
-        started, started_at = time.monotonic(), time.time()
-        here = self._flights.enter(event_id, gate)
-        if not self._fleet.await_taken(event_id, gate_seconds=gate, since=None) and not here:
+        started = time.monotonic()
+        if not self._flights.enter(event_id, gate):
             return None
         entry = self._cache.lookup(event_id)  # the events before it brought it
         if entry is None and before is not None:
@@ -158,16 +160,12 @@ class EventStore:
             if remaining > 0:
                 before.wait(remaining)
                 entry = self._cache.lookup(event_id)
-        since, since_at = started, started_at
+        since = started
         while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:
-            round_at, round_time = time.monotonic(), time.time()
-            here = self._flights.enter(event_id, gate, brought_since=since)
-            if (
-                not self._fleet.await_taken(event_id, gate_seconds=gate, since=since_at)
-                and not here
-            ):
+            round_at = time.monotonic()
+            if not self._flights.enter(event_id, gate, brought_since=since):
                 break
-            since, since_at = round_at, round_time
+            since = round_at
             entry = self._cache.lookup(event_id)
         return entry
 
@@ -244,7 +242,6 @@ class EventStore:
 
     def _leave(self, event_id: str) -> None:
         self._flights.leave(event_id)
-        self._fleet.leave(event_id)
 
     def _child_counts(self, event: Event) -> ChildCounts:
         known = self._cache.known_counts(event.id)

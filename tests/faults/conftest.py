@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ def amqp(faults_vhost: str) -> str:
 
 
 @pytest.fixture
-def spawn_worker(tmp_path: Path) -> Iterator:
+def spawn_worker(tmp_path: Path) -> Iterator[Any]:
     """Starts the worker from the Procfile line; every worker started is stopped at teardown,
     whatever the test did (a stray worker would consume the next test's messages)."""
     group = WorkerGroup(tmp_path)
@@ -112,7 +113,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def make_sim() -> Iterator:
+def make_sim() -> Iterator[Any]:
     sims: list[SimulatorProcess] = []
 
     def make(*args: str) -> SimulatorProcess:

@@ -157,8 +157,10 @@ def test_hostile_hierarchies(
         assert hierarchy is not None, (name, tally.records.get(picks[name]))
         assert hierarchy["complete"] is False, name
         assert hierarchy["incomplete_reason"] == WANT_REASON[name], (name, hierarchy)
-    assert by_name["deepest_of_10000_chain"]["depth"] == MAX_DEPTH
-    assert len(by_name["deepest_of_10000_chain"]["ancestors"]) == MAX_DEPTH
+    deepest = by_name["deepest_of_10000_chain"]
+    assert deepest is not None
+    assert deepest["depth"] == MAX_DEPTH
+    assert len(deepest["ancestors"]) == MAX_DEPTH
     for event_id, bodies in tally.record_bodies.items():
         assert len(bodies) == 1, (event_id, len(bodies))
         assert record_diff(bodies[0], expected[event_id], tally.routing_keys[event_id]) == ""

@@ -125,7 +125,9 @@ def stop_all(workers: list[WorkerProcess]) -> None:
 def test_rate_limit_fleet_of_six_processes(cluster: RabbitCluster, tmp_path: Path) -> None:
     """Three Procfile lines x two processes share RAPIDLY_RATE_LIMIT through Redis against a
     simulator enforcing the same budget: no 429, and the budget used, over a 30 s window."""
-    budget, window, n, seed = 20.0, 30.0, 2500, 11
+    # Enough events that the budget binds for the whole window: at ~0.2 calls per event 20/s
+    # carries ~100 events/s.
+    budget, window, n, seed = 20.0, 30.0, 8000, 11
     sim = SimulatorProcess(
         "--dataset", "bench", "--bench-size", str(n), "--seed", str(seed),
         "--latency-ms", "20", "--rate-limit", f"{budget:g}/s",

@@ -14,6 +14,10 @@ from worker.rapidly import EventStore
 def enrich_event(event_id: str, store: EventStore, *, max_depth: int) -> EnrichedRecord:
     """Raises EventNotFound, RetriesExhausted, ConfigurationError or a TransientError."""
     event = store.event(event_id)
-    hierarchy = walk_ancestors(event, store.parent, max_depth=max_depth)
-    counts = store.child_counts(event)
+    try:
+        hierarchy = walk_ancestors(event, store.parent, max_depth=max_depth)
+    except BaseException:
+        store.leave(event.id)  # never counted: the events waiting for it go now
+        raise
+    counts = store.child_counts(event)  # leaves the event once counted
     return build_record(event, hierarchy, counts)

@@ -128,18 +128,7 @@ class FleetFlights:
             return False
         if not tokens:
             return False
-        waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
-        while waited < FLIGHT_SECONDS:
-            if past_deadline(delay):
-                break
-            self._sleep(delay)
-            waited += delay
-            delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
-            try:
-                if all(score is None for score in redis.zmscore(self._lists, tokens)):
-                    break
-            except Exception:  # noqa: BLE001 - not shared this time
-                break
+        self._poll(lambda: all(score is None for score in redis.zmscore(self._lists, tokens)))
         return True
 
     def _sharing(self) -> bool:
@@ -148,6 +137,11 @@ class FleetFlights:
     def _wait_gone(self, flights: list[str]) -> None:
         """Poll until none of ``flights`` is held any more, ``FLIGHT_SECONDS`` at most."""
         redis = self._cache.redis
+        self._poll(lambda: not redis.exists(*flights))
+
+    def _poll(self, over: Callable[[], bool]) -> None:
+        """Sleep at growing intervals until ``over()`` (a Redis read), ``FLIGHT_SECONDS`` at
+        most, never past the event's deadline; a failing read ends the wait."""
         waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
         while waited < FLIGHT_SECONDS:
             if past_deadline(delay):
@@ -156,7 +150,7 @@ class FleetFlights:
             waited += delay
             delay = min(FLIGHT_POLL_MAX_SECONDS, delay * 2)
             try:
-                if not redis.exists(*flights):
+                if over():
                     break
             except Exception:  # noqa: BLE001 - not shared this time
                 break

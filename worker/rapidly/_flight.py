@@ -160,9 +160,12 @@ class Flights:
             self._enriching[event_id] = _TakenUp(threading.Event(), time.monotonic(), brought)
 
     def _drop_previous(self, event_id: str) -> None:
+        """A thread that reads events one after another without counting them (a caller of
+        ``EventStore.event`` alone) is done with the one before. The worker's unit of work
+        leaves its event itself, counted or failed: each task runs in a greenlet of its own."""
         previous = getattr(self._mine, "event_id", None)
         if previous is not None and previous != event_id:
-            self.leave(previous)  # taken up here but never counted (failed on the way)
+            self.leave(previous)
 
     def arrive(self, event_id: str) -> threading.Event | None:
         """The event starts being enriched here: what tells when the one that arrived before it

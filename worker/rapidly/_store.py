@@ -138,7 +138,7 @@ class EventStore:
                 ),
             )
         except BaseException:
-            self._leave(event_id)
+            self.leave(event_id)
             raise
 
     def _wait_to_be_brought(self, event_id: str, before: threading.Event | None) -> Entry | None:
@@ -238,9 +238,11 @@ class EventStore:
         try:
             return self._child_counts(event)
         finally:
-            self._leave(event.id)
+            self.leave(event.id)
 
-    def _leave(self, event_id: str) -> None:
+    def leave(self, event_id: str) -> None:
+        """``event_id`` (taken up by ``event``) is counted or failed: the events waiting for it
+        to bring them (``_wait_to_be_brought``) go now."""
         self._flights.leave(event_id)
 
     def _child_counts(self, event: Event) -> ChildCounts:

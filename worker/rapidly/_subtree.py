@@ -75,8 +75,7 @@ def read_subtree(root: Event, page: EventPage, now: float) -> Subtree | None:
         below = children.get(_key(event.id), [])
         descendants = sum(1 + c.child_count for c in below)
         if levels[_key(event.id)] < SUBTREE_DEPTH and descendants == event.child_count:
-            direct = len(below)
-            entries.append(Entry(Event.from_api(event.as_get()), now, descendants, now, direct))
+            entries.append(listed_entry(event, now, direct=len(below)))
         else:
             entries.append(listed_entry(event, now))
     top = children.get(root_key, [])

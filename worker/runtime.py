@@ -302,23 +302,21 @@ def current() -> Runtime:
 
 def redis_client(url: str, concurrency: int) -> Any:
     """The process's one Redis client (cache, limiter, dedupe), with a pool sized for the pool of
-    greenlets."""
-    import redis as redis_lib  # noqa: PLC0415 - only with REDIS_URL
+    greenlets; single commands take ``worker._redis``'s shorter path."""
+    from worker._redis import lean_client  # noqa: PLC0415 - only with REDIS_URL
 
-    return redis_lib.Redis(
-        connection_pool=redis_lib.BlockingConnectionPool.from_url(
-            url,
-            # redis-py's default is 100 connections, and a greenlet can hold two (the
-            # pre-acquired "sent" mark's and one for a command), plus background threads:
-            # at the default concurrency the pool ran dry ("Too many connections", seen as
-            # requeued events). Sized for the worst case, and waiting instead of failing.
-            max_connections=2 * concurrency + 32,
-            timeout=2.0,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            # No PING before a command: it would yield between a record reaching the
-            # broker and its "sent" mark reaching Redis (the fault suite saw duplicates).
-            health_check_interval=0,
-            retry_on_timeout=True,
-        )
+    return lean_client(
+        url,
+        # redis-py's default is 100 connections, and a greenlet can hold two (the
+        # pre-acquired "sent" mark's and one for a command), plus background threads:
+        # at the default concurrency the pool ran dry ("Too many connections", seen as
+        # requeued events). Sized for the worst case, and waiting instead of failing.
+        max_connections=2 * concurrency + 32,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        # No PING before a command: it would yield between a record reaching the
+        # broker and its "sent" mark reaching Redis (the fault suite saw duplicates).
+        health_check_interval=0,
+        retry_on_timeout=True,
     )

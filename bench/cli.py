@@ -38,6 +38,7 @@ from bench._run import (
 )
 from bench.compare import mode_throughput
 from bench.fleet import mode_rate_limit
+from bench.floor import mode_floor
 from bench.memory import mode_memory
 from devkit import VhostProblem, ensure_vhost
 
@@ -74,6 +75,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--rate-limit-test",
         action="store_true",
         help="only the fleet test: 3 product workers on one 30/s budget",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="after the comparison, the floor: the product's Celery configuration with a task "
+        "that does nothing, then one confirmed publish, then the dedupe round trips around it "
+        "(CPU per message of each; docs/benchmark.md)",
+    )
+    parser.add_argument(
+        "--floor-events", type=int, default=None, help="floor: messages per step (default 20000)"
     )
     parser.add_argument(
         "--memory-test",
@@ -153,6 +164,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.events = args.events or (200 if quick else 2000)
     args.rounds = args.rounds or (1 if quick else 2)
     args.rl_events = args.rl_events or (1000 if quick else 10_000)
+    args.floor_events = args.floor_events or (2000 if quick else 20_000)
     args.rl_window = args.rl_window or (20.0 if quick else 60.0)
     args.mem_events = args.mem_events or (20000 if quick else 200_000)
     args.mem_first = args.mem_first or (2000 if quick else 20_000)
@@ -197,6 +209,8 @@ def run_modes(args: argparse.Namespace) -> int:
             modes.append(("memory_test", mode_memory))
         if not modes:
             modes.append(("compare", mode_throughput))
+        if args.floor:
+            modes.append(("floor", mode_floor))
         for name, mode in modes:
             t = time.monotonic()
             out[name] = mode(args, tmp)

@@ -192,7 +192,7 @@ class EnrichmentService:
         if key is None:
             return self._dedupe.claim(event_id)
         claim, raw = claim_reading(event_id, key)
-        self._store.accept_shared(raw)
+        self._store.accept_shared(raw, event_id)
         return claim  # type: ignore[no-any-return]
 
     def _dedupe_redis(self) -> Any:

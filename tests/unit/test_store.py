@@ -241,3 +241,51 @@ def test_unknown_event_waits_the_whole_window(
     with pytest.raises(EventNotFound):
         store.event(new_id())
     assert sum(sleeps) == pytest.approx(3.0)  # NOT_FOUND wait of the fixture, not half of it
+
+
+class CountingRedis:
+    """The Redis calls the event cache makes, over a dict, counting the reads."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> str | None:
+        self.reads.append(key)
+        return self.data.get(key)
+
+    def pipeline(self, transaction: bool = False) -> CountingRedis:
+        return self
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self.data[key] = value
+
+    def execute(self) -> None:
+        return None
+
+
+def test_a_shared_copy_just_found_missing_is_not_read_again_at_once() -> None:
+    import time
+
+    from worker.rapidly._cache import SHARED_MISS_FRESH_SECONDS, EventCache
+
+    shared = CountingRedis()
+    cache = EventCache(
+        max_events=100,
+        event_max_age=300,
+        counts_max_age=60,
+        redis=shared,
+        redis_namespace="n",
+        redis_ttl=60,
+    )
+    event_id = new_id()
+    key = cache.shared_key(event_id)
+    assert key is not None
+    cache.accept_shared(shared.get(key), event_id)  # the claim's round trip read it: missing
+    assert cache.lookup(event_id) is None
+    assert shared.reads == [key]  # the lookup right after did not ask again
+    time.sleep(SHARED_MISS_FRESH_SECONDS * 2)
+    assert cache.lookup(event_id) is None
+    assert shared.reads == [key, key]  # after a wait it does
+    assert cache.lookup(event_id) is None
+    assert shared.reads == [key, key]

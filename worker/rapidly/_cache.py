@@ -26,6 +26,12 @@ log = structlog.get_logger()
 
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
+# A shared copy found missing this recently is not asked for again: an event's unit of work asks
+# for it twice in a row without a switch to another greenlet in between (the claim's round trip
+# reads it, then the store looks it up), and another process's write landing in those microseconds
+# is a race it would lose a moment later anyway. Any real wait between two asks (an entry gate, a
+# predecessor, a fleet flight) is longer.
+SHARED_MISS_FRESH_SECONDS = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +123,8 @@ class EventCache:
         self._wide: OrderedDict[str, float] = OrderedDict()
         # Parents that stayed 404 past the replica-lag wait (id -> until when).
         self._missing: OrderedDict[str, float] = OrderedDict()
+        # When each id's shared copy was last found missing (monotonic; SHARED_MISS_FRESH_SECONDS).
+        self._missed_at: OrderedDict[str, float] = OrderedDict()
 
     def redis_usable(self) -> bool:
         return self.redis is not None and self.clock() >= self._redis_down_until
@@ -129,8 +137,11 @@ class EventCache:
                 return None
         return self.prefix + event_id
 
-    def accept_shared(self, raw: bytes | str | None) -> None:
+    def accept_shared(self, raw: bytes | str | None, event_id: str | None = None) -> None:
+        """``raw``: what the caller read at ``shared_key(event_id)``; None: nothing there."""
         if raw is None:
+            if event_id is not None:
+                self._missed(event_id)
             return
         try:
             entry = Entry.from_json(raw)
@@ -155,17 +166,32 @@ class EventCache:
             return self._lru.get(event_id)
 
     def _read_shared(self, event_id: str) -> Entry | None:
+        """The shared copy; None when there is none, or when it was just read and found
+        missing."""
         if not self.redis_usable():
+            return None
+        with self._lock:
+            missed_at = self._missed_at.get(event_id)
+        if missed_at is not None and time.monotonic() - missed_at < SHARED_MISS_FRESH_SECONDS:
             return None
         try:
             raw = self.redis.get(self.prefix + event_id)
         except Exception as exc:  # noqa: BLE001 - any Redis failure only costs us the cache
             self._redis_failed(exc)
             return None
+        if raw is None:
+            self._missed(event_id)
         try:
             return Entry.from_json(raw) if raw is not None else None
         except (ValueError, KeyError, TypeError):
             return None
+
+    def _missed(self, event_id: str) -> None:
+        with self._lock:
+            self._missed_at[event_id] = time.monotonic()
+            self._missed_at.move_to_end(event_id)
+            while len(self._missed_at) > 4096:
+                self._missed_at.popitem(last=False)
 
     def remember(self, entries: list[Entry], *, shared: bool = True) -> None:
         if self.max_events > 0:

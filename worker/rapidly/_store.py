@@ -104,9 +104,10 @@ class EventStore:
         caller fetch it in a round trip it makes anyway (``accept_shared``)."""
         return self._cache.shared_key(event_id)
 
-    def accept_shared(self, raw: bytes | str | None) -> None:
-        """The value read at ``shared_key``: cached here as ``event`` would have cached it."""
-        self._cache.accept_shared(raw)
+    def accept_shared(self, raw: bytes | str | None, event_id: str | None = None) -> None:
+        """The value read at ``shared_key(event_id)``: cached here as ``event`` would have
+        cached it; a miss is not read again at once."""
+        self._cache.accept_shared(raw, event_id)
 
     def cached_count(self) -> int:
         return self._cache.cached_count()

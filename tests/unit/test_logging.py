@@ -114,3 +114,23 @@ def test_short_or_empty_values_are_not_registered_as_secrets() -> None:
         assert worker_logging._secrets == saved
     finally:
         worker_logging._secrets[:] = saved
+
+
+def test_a_secret_is_redacted_in_the_escaped_forms_a_renderer_gives_it(lines: Any) -> None:
+    odd = 'tok"with\\escapes\u00e9_1234'  # a quote, a backslash, a non-ASCII letter
+    worker_logging.register_secret(odd)
+    structlog.get_logger("worker.test").warning("odd", value=odd, listed=[odd])
+    logging.getLogger("kombu").warning("odd %r", odd)
+    raw = lines.raw()
+    assert odd not in raw
+    for form in (json.dumps(odd), repr(odd), json.dumps(repr(odd))):
+        assert form[1:-1] not in raw
+    first, second = lines()
+    assert first["value"] == "[REDACTED]" and first["listed"] == ["[REDACTED]"]
+    assert second["event"] == "odd '[REDACTED]'"
+
+
+def test_a_logger_without_a_name_is_named_after_the_module_that_logs(lines: Any) -> None:
+    structlog.get_logger().info("named")
+    (line,) = lines()
+    assert line["logger"] == __name__

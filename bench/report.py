@@ -170,7 +170,12 @@ LATEST_HEADER = (
     "RSS MB",
 )
 # Row order in the table; a row's first cell starts with its label.
-LABELS = {"compare": "compare", "rate_limit_test": "fleet", "memory_test": "memory"}
+LABELS = {
+    "compare": "compare",
+    "floor": "floor",
+    "rate_limit_test": "fleet",
+    "memory_test": "memory",
+}
 
 
 NONE = "n/a"  # a figure the mode does not measure
@@ -214,6 +219,25 @@ def latest_rows(out: dict[str, Any]) -> dict[str, list[str]]:
             f"{_n(product.get('worker_cpu_ms_per_event'), '.2f')} / "
             f"{_n(naive.get('worker_cpu_ms_per_event'), '.2f')}",
             f"{_n(product.get('peak_rss_mb'))} / {_n(naive.get('peak_rss_mb'))} (peak)",
+        ]
+    floor = out.get("floor")
+    if floor:
+        medians = floor["medians_ms"]
+        rounds = len(floor["runs"]) // max(1, len(medians))
+        messages = floor["runs"][0]["messages"] if floor["runs"] else 0
+        rows["floor"] = [
+            f"floor ({messages:,} messages x {rounds} rounds per step, one process x 100: "
+            f"Celery alone / + one confirmed publish / + the dedupe round trips{quick})",
+            date,
+            where,
+            NONE,
+            NONE,
+            NONE,
+            NONE,
+            NONE,
+            " / ".join(f"{medians[step]:.2f}" for step in ("celery", "publish", "dedupe"))
+            + " (floor steps)",
+            NONE,
         ]
     fleet = out.get("rate_limit_test")
     if fleet:

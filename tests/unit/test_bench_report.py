@@ -128,3 +128,26 @@ def test_the_real_page_has_one_block() -> None:
     text = report.DOCS.read_text()
     assert text.count(report.START) == 1 and text.count(report.END) == 1
     assert text.index(report.START) < text.index(report.END)
+
+
+def floor_out() -> dict[str, Any]:
+    runs = [
+        {"step": step, "messages": 20_000, "cpu_ms_per_message": ms}
+        for step, ms in (("celery", 0.57), ("publish", 1.43), ("dedupe", 1.94))
+    ]
+    return {
+        "machine": MACHINE,
+        "finished_at": "2026-12-01 12:00",
+        "quick": False,
+        "floor": {"runs": runs, "medians_ms": {r["step"]: r["cpu_ms_per_message"] for r in runs}},
+    }
+
+
+def test_the_floor_row_sits_under_the_comparison_with_its_three_steps() -> None:
+    text = report.replace_latest(PAGE, memory_out())
+    text = report.replace_latest(text, floor_out())
+    text = report.replace_latest(text, compare_out(500.8))
+    rows = table_rows(text)
+    assert [row.split(" ", 2)[1] for row in rows[2:]] == ["compare", "floor", "memory"]
+    assert rows[3].startswith("| floor (20,000 messages x 1 rounds per step")
+    assert "0.57 / 1.43 / 1.94 (floor steps)" in rows[3]

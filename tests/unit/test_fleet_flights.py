@@ -56,11 +56,8 @@ class FakeRedis:
     def pexpire(self, key: str, ms: int) -> bool:
         return True
 
-    def pipeline(self, transaction: bool = False) -> FakeRedis:
-        return self
-
-    def execute(self) -> None:
-        return None
+    def pipeline(self, transaction: bool = False) -> _Pipeline:
+        return _Pipeline(self)
 
     def register_script(self, _: str) -> Callable[..., int]:
         def land(keys: list[str], args: list[str]) -> int:
@@ -70,6 +67,24 @@ class FakeRedis:
             return 0
 
         return land
+
+
+class _Pipeline:
+    """Commands queued, run in order on ``execute`` (their results, as redis-py returns)."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self._redis = redis
+        self._queued: list[Callable[[], Any]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., _Pipeline]:
+        def queue(*args: Any, **kwargs: Any) -> _Pipeline:
+            self._queued.append(lambda: getattr(self._redis, name)(*args, **kwargs))
+            return self
+
+        return queue
+
+    def execute(self) -> list[Any]:
+        return [command() for command in self._queued]
 
 
 def _store(api: FakeApi, redis: FakeRedis, sleep: Callable[[float], None]) -> EventStore:
@@ -266,3 +281,101 @@ def test_a_get_waits_for_another_process_list_in_flight() -> None:
     store = _store(api, redis, sleep)
     assert store.event(child["id"]).id == child["id"]
     assert api.calls == {"list": 1}  # the other process's listing, no GET here
+
+
+def test_an_event_cached_without_counts_takes_them_from_a_listing_elsewhere() -> None:
+    """The event is in this process's cache from its GET, without counts: once another
+    process's subtree page of its parent landed, the shared copy gives them, no call here."""
+    api, redis = FakeApi(), FakeRedis()
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    grandchild = make_event(new_id(), child["id"])
+    api.add(root, child, grandchild)
+    other = _store(api, redis, lambda _: None)
+    flight = "rapidly:n:flight:subtree:" + root["id"]
+    redis.data[flight] = "another process"
+
+    def sleep(_: float) -> None:
+        if flight in redis.data:
+            del redis.data[flight]
+            other.count_children(Event.from_api(root))
+
+    store = _store(api, redis, sleep)
+    store.prime([(Event.from_api(root), 2, None)])
+    event = store.parent(child["id"])  # fetched here: cached without counts
+    assert event is not None
+    calls_before = sum(api.calls.values())
+    assert store.child_counts(event) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == calls_before + 1  # the other process's page only
+
+
+def test_an_ancestor_being_counted_elsewhere_is_waited_for() -> None:
+    """The parent is being counted in another process, before any listing of it is in
+    flight: the child waits for it, then takes its counts from the shared cache."""
+    api, redis = FakeApi(), FakeRedis()
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    grandchild = make_event(new_id(), child["id"])
+    api.add(root, child, grandchild)
+    other = _store(api, redis, lambda _: None)
+    marker = "rapidly:n:flight:counting:" + root["id"]
+    redis.data[marker] = "another process"
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if marker in redis.data:
+            del redis.data[marker]
+            other.count_children(Event.from_api(root))
+
+    store = _store(api, redis, sleep)
+    store.prime([(Event.from_api(root), 2, None)])
+    assert store.child_counts(Event.from_api(child)) == ChildCounts(1, 1)
+    assert api.calls == {"list": 1}  # the other process's, nothing here
+    assert waits and sum(waits) <= FLIGHT_SECONDS
+
+
+def test_an_event_being_counted_is_seen_by_the_fleet_until_it_is_counted() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    api.add(root, child)
+    seen: list[bool] = []
+
+    class Watching(FakeRedis):
+        def set(self, key: str, value: Any, **kwargs: Any) -> bool:
+            if ":flight:subtree:" in key:  # the listing starts: the marker is up
+                seen.append(("rapidly:n:flight:counting:" + root["id"]) in self.data)
+            return super().set(key, value, **kwargs)
+
+    redis = Watching()
+    store = _store(api, redis, lambda _: None)
+    store.prime([(Event.from_api(root), 1, None)])
+    assert store.child_counts(Event.from_api(root)) == ChildCounts(1, 1)
+    assert seen == [True]
+    assert not [k for k in redis.data if ":flight:" in k]  # landed
+
+
+def test_two_events_of_a_cycle_never_wait_for_each_other() -> None:
+    """Each checks the other's marker before setting its own, in one round trip: when both
+    are counted at once, the second sees the first and the first saw nothing."""
+    api, redis = FakeApi(), FakeRedis()
+    a_id, b_id = new_id(), new_id()
+    a, b = make_event(a_id, b_id), make_event(b_id, a_id)
+    api.add(a, b)
+    store_a = _store(api, redis, lambda _: None)
+    waited: list[float] = []
+    store_b = _store(api, redis, waited.append)
+    inner: list[ChildCounts] = []
+    original = store_a._counting.count_children
+
+    def count_a_while_b_counts(event: Event) -> ChildCounts:
+        inner.append(store_b.child_counts(Event.from_api(b)))  # b starts while a is counted
+        return original(event)
+
+    store_a._counting.count_children = count_a_while_b_counts  # type: ignore[method-assign]
+    store_a.prime([(Event.from_api(b), 2, None)])
+    store_b.prime([(Event.from_api(a), 2, None)])
+    store_a.child_counts(Event.from_api(a))
+    assert inner  # b was counted inside a's counting: b waited (bounded), a never did
+    assert sum(waited) <= FLIGHT_SECONDS + 0.1

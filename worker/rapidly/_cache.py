@@ -63,6 +63,8 @@ class Entry:
         """Keep what an older entry knew and this one does not (a GET carries no counts)."""
         if old is None:
             return self
+        if self.window is None and old.window is not None:
+            self.window, self.position = old.window, old.position
         if self.descendants is None and old.descendants is not None:
             self.descendants, self.counted_at, self.direct = (
                 old.descendants,
@@ -277,6 +279,19 @@ class EventCache:
             return None
         self.remember([entry], shared=False)
         return entry
+
+    def counts_landed(self, event_id: str) -> ChildCounts | None:
+        """The event's counts once another process's listing of them landed: read from the
+        shared copy when this process's own copy has none (a copy cached by a GET or an
+        earlier list keeps answering None here until it is read again)."""
+        known = self.known_counts(event_id)
+        if known is not None:
+            return known
+        entry = self._read_shared(event_id)
+        if entry is None or entry.descendants is None:
+            return None
+        self.remember([entry], shared=False)
+        return self.known_counts(event_id)
 
     def known_leaf(self, event_id: str) -> bool:
         return self.known_counts(event_id) == ChildCounts(0, 0)

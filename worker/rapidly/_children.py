@@ -8,7 +8,8 @@ call; the subtree page gives the counts of four levels of descendants at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -66,7 +67,7 @@ class Counting:
                 lambda: self._fleet.share(
                     f"direct:{event.id}",
                     lambda: self._count_direct(event, descendants),
-                    lambda: cache.known_counts(event.id),
+                    lambda: cache.counts_landed(event.id),
                 ),
             )
         return self._flights.collapse(
@@ -74,7 +75,7 @@ class Counting:
             lambda: self._fleet.share(
                 f"children:{event.id}",
                 lambda: self.count_children(event),
-                lambda: cache.known_counts(event.id),
+                lambda: cache.counts_landed(event.id),
             ),
         )
 
@@ -91,12 +92,15 @@ class Counting:
             parent_id = None if entry is None else entry.event.parent_id
         return found
 
-    def await_ancestors(self, ancestors: list[str]) -> bool:
-        """Wait for the subtree listings of these ancestors in flight, here or in another
-        process: any of them lists the event with its counts. True if one was."""
-        keys = [f"subtree:{ancestor}" for ancestor in ancestors]
-        waited = [self._flights.await_flight(key) for key in keys]
-        return self._fleet.await_any(keys) or any(waited)
+    @contextmanager
+    def counting(self, event_id: str, ancestors: list[str]) -> Iterator[bool]:
+        """While ``event_id`` is counted: first wait for the subtree listings of these
+        ancestors in flight here, and for those ancestors being counted or listed in another
+        process (``FleetFlights.counting``): any of them may list the event with its counts.
+        Yields whether it waited for anything."""
+        waited = [self._flights.await_flight(f"subtree:{ancestor}") for ancestor in ancestors]
+        with self._fleet.counting(event_id, ancestors) as fleet_waited:
+            yield fleet_waited or any(waited)
 
     def subtree(self, event: Event) -> ChildCounts | None:
         """``event``'s counts from its subtree page (``_subtree``), one listing in flight per
@@ -106,7 +110,7 @@ class Counting:
             lambda: self._fleet.share(
                 f"subtree:{event.id}",
                 lambda: self._list_subtree(event),
-                lambda: self._cache.known_counts(event.id),
+                lambda: self._cache.counts_landed(event.id),
             ),
         )
 

@@ -26,6 +26,8 @@ T = TypeVar("T")
 FLIGHT_SECONDS = 2.0
 FLIGHT_POLL_FIRST_SECONDS = 0.005
 FLIGHT_POLL_MAX_SECONDS = 0.05
+# What an ancestor is doing elsewhere when its listing may tell a descendant's counts.
+_COUNTED_BY = ("subtree", "counting")
 _LAND_OWN = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -75,20 +77,39 @@ class FleetFlights:
         found = answer()
         return found if found is not None else work()
 
-    def await_any(self, keys: list[str]) -> bool:
-        """Wait, as ``share`` does, while any of these calls is in flight in the fleet; True
-        if one was (its answer is then in the cache). Without Redis: False at once."""
-        if not keys or not self._cache.redis_usable() or getattr(self._limiter, "throttled", False):
-            return False
-        flights = [self._prefix + key for key in keys]
+    @contextmanager
+    def counting(self, event_id: str, ancestors: list[str]) -> Iterator[bool]:
+        """While ``event_id``'s counts are resolved here, the fleet sees it (``counting:<id>``,
+        ``FLIGHT_SECONDS`` at most). First, in the same round trip, it waits as ``share`` does
+        while any of ``ancestors`` is being counted or has its subtree listed in another
+        process: the listing that follows tells this event's counts too. Yields whether it
+        waited (their answers are then in the shared cache).
+
+        Checked before it is marked, in one pipeline: of two events that each have the other
+        among their ancestors (a cycle), at most one sees the other, so no two wait for each
+        other. Without Redis, or while the limit throttles: no wait, no mark."""
+        if not self._sharing():
+            yield False
+            return
+        mine, token = self._prefix + "counting:" + event_id, uuid.uuid4().hex
+        theirs = [self._prefix + f"{kind}:{a}" for a in ancestors for kind in _COUNTED_BY]
         try:
-            if not self._cache.redis.exists(*flights):
-                return False
+            pipe = self._cache.redis.pipeline(transaction=False)
+            if theirs:
+                pipe.exists(*theirs)
+            pipe.set(mine, token, nx=True, px=int(FLIGHT_SECONDS * 1000))
+            *busy, held = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - not shared this time
             log.debug("cache.flight_unavailable", error=type(exc).__name__)
-            return False
-        self._wait_gone(flights)
-        return True
+            busy, held = [], False
+        try:
+            waited = bool(busy and busy[0])
+            if waited:
+                self._wait_gone(theirs)
+            yield waited
+        finally:
+            if held:
+                self._land(mine, token)
 
     @contextmanager
     def listing(self) -> Iterator[None]:

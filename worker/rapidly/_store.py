@@ -253,9 +253,12 @@ class EventStore:
         ancestors = self._counting.nearest_ancestors(event)
         with self._flights.counting(event.id, ancestors):
             known = self._cache.known_counts(event.id)
-            if known is None and self._counting.await_ancestors(ancestors):
-                known = self._cache.known_counts(event.id)  # an ancestor's subtree listed it
-            return known if known is not None else self._count(event)
+            if known is not None:
+                return known
+            with self._counting.counting(event.id, ancestors) as waited:
+                if waited:
+                    known = self._cache.counts_landed(event.id)  # an ancestor's listing told
+                return known if known is not None else self._count(event)
 
     def _count(self, event: Event) -> ChildCounts:
         if self._cache.known_descendants(event.id) is not None:

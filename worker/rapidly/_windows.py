@@ -155,7 +155,8 @@ class Windows:
 
         try:
             if not wide and self._subtree_of(parent.event) is not None:
-                return cache.known_leaf(event.id)  # the whole subtree: no window can say more
+                # The whole subtree (listed here or by another process): no window can say more.
+                return cache.counts_landed(event.id) == ChildCounts(0, 0)
             if cache.known_descendants(event.id) is None:
                 self._sibling_window_at(parent_id, parse_timestamp(event.timestamp))
         except (TransientError, ValueError):

@@ -26,11 +26,10 @@ log = structlog.get_logger()
 
 # After a Redis error, the cache is bypassed for this long instead of paying a timeout per read.
 REDIS_COOLDOWN_SECONDS = 5.0
-# A shared copy found missing this recently is not asked for again: an event's unit of work asks
-# for it twice in a row without a switch to another greenlet in between (the claim's round trip
-# reads it, then the store looks it up), and another process's write landing in those microseconds
-# is a race it would lose a moment later anyway. Any real wait between two asks (an entry gate, a
-# predecessor, a fleet flight) is longer.
+# The claim's round trip reads the event's shared copy, and the store looks the event up right
+# after it, with no switch to another greenlet in between: a miss the claim read that recently
+# stands for that one lookup. The lookups after a wait (an entry gate, a predecessor, a fleet
+# flight) read Redis again.
 SHARED_MISS_FRESH_SECONDS = 0.002
 
 
@@ -125,7 +124,7 @@ class EventCache:
         self._wide: OrderedDict[str, float] = OrderedDict()
         # Parents that stayed 404 past the replica-lag wait (id -> until when).
         self._missing: OrderedDict[str, float] = OrderedDict()
-        # When each id's shared copy was last found missing (monotonic; SHARED_MISS_FRESH_SECONDS).
+        # Ids whose shared copy the claim just found missing, and when (SHARED_MISS_FRESH_SECONDS).
         self._missed_at: OrderedDict[str, float] = OrderedDict()
 
     def redis_usable(self) -> bool:
@@ -168,12 +167,12 @@ class EventCache:
             return self._lru.get(event_id)
 
     def _read_shared(self, event_id: str) -> Entry | None:
-        """The shared copy; None when there is none, or when it was just read and found
-        missing."""
+        """The shared copy; None when there is none, or when the claim's round trip has just
+        found it missing (once: ``accept_shared``)."""
         if not self.redis_usable():
             return None
         with self._lock:
-            missed_at = self._missed_at.get(event_id)
+            missed_at = self._missed_at.pop(event_id, None)
         if missed_at is not None and time.monotonic() - missed_at < SHARED_MISS_FRESH_SECONDS:
             return None
         try:
@@ -181,8 +180,6 @@ class EventCache:
         except Exception as exc:  # noqa: BLE001 - any Redis failure only costs us the cache
             self._redis_failed(exc)
             return None
-        if raw is None:
-            self._missed(event_id)
         try:
             return Entry.from_json(raw) if raw is not None else None
         except (ValueError, KeyError, TypeError):

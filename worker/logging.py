@@ -80,6 +80,10 @@ class _Lines:
         try:
             handler.stream.write(message + handler.terminator)
             handler.stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken stderr (the supervisor gone, a full disk) must not fail the
+            # event being logged, as the stdlib handler's handleError would not.
+            pass
         finally:
             handler.release()
 

@@ -134,3 +134,25 @@ def test_a_logger_without_a_name_is_named_after_the_module_that_logs(lines: Any)
     structlog.get_logger().info("named")
     (line,) = lines()
     assert line["logger"] == __name__
+
+
+def test_a_broken_stream_does_not_fail_the_caller() -> None:
+    attempts: list[str] = []
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            attempts.append(text)
+            raise BrokenPipeError("stderr is gone")
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        worker_logging.configure_logging(level="INFO", fmt="json", stream=Broken())
+        log = structlog.get_logger("worker.test")
+        log.info("enrich.finished", outcome="published")  # raises nothing
+        log.info("enrich.finished", outcome="published")
+        assert len(attempts) == 2 and '"enrich.finished"' in attempts[0]
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)

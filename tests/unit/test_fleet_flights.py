@@ -379,3 +379,46 @@ def test_two_events_of_a_cycle_never_wait_for_each_other() -> None:
     store_a.child_counts(Event.from_api(a))
     assert inner  # b was counted inside a's counting: b waited (bounded), a never did
     assert sum(waited) <= FLIGHT_SECONDS + 0.1
+
+
+def test_a_parent_404ing_in_another_process_is_waited_for_through_its_retries() -> None:
+    """The other process retries the 404 for up to ``parent_not_found_wait_seconds``: a
+    sibling's walk here waits that long, not one round trip, and takes its verdict."""
+    api, redis = FakeApi(), FakeRedis()
+    missing = new_id()  # never visible: every GET answers 404
+    other = _store(api, redis, lambda _: None)
+    flight = "rapidly:n:flight:get:" + missing
+    redis.data[flight] = "another process"
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        if sum(waited) >= FLIGHT_SECONDS + 1.0 and flight in redis.data:
+            # Its retries are over: the verdict is shared, then the flight lands.
+            other._cache.remember_missing(missing, 5.0)
+            del redis.data[flight]
+
+    store = _store(api, redis, sleep)
+    assert store.parent(missing) is None
+    assert api.calls == {}  # no GET here: the other process's verdict stood
+    assert sum(waited) > FLIGHT_SECONDS
+
+
+def test_the_verdict_on_a_missing_parent_is_shared_before_its_flight_lands() -> None:
+    api, redis = FakeApi(), FakeRedis()
+    missing = new_id()
+    flight = "rapidly:n:flight:get:" + missing
+    missing_key = "rapidly:n:missing:" + missing
+    seen_at_landing: list[bool] = []
+    land = redis.register_script("")
+
+    def landing(keys: list[str], args: list[str]) -> int:
+        if keys[0] == flight:
+            seen_at_landing.append(missing_key in redis.data)
+        return land(keys=keys, args=args)
+
+    redis.register_script = lambda _: landing  # type: ignore[method-assign]
+    store = _store(api, redis, lambda _: None)
+    assert store.parent(missing) is None
+    assert api.calls["get"] >= 2  # it asked, and asked again through the replica-lag wait
+    assert seen_at_landing == [True]

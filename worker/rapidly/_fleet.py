@@ -48,11 +48,19 @@ class FleetFlights:
         self._lists = f"rapidly:{redis_namespace}:lists"
         self._land_own: Any = None
 
-    def share(self, key: str, work: Callable[[], T], answer: Callable[[], T | None]) -> T:
+    def share(
+        self,
+        key: str,
+        work: Callable[[], T],
+        answer: Callable[[], T | None],
+        *,
+        seconds: float = FLIGHT_SECONDS,
+    ) -> T:
         """``work`` (an API call that caches its answer), unless another process sharing the
         Redis is making the same call: then its answer is waited for and taken from the cache
         (``answer``; None: not there, the call is made here). Without Redis, or when it fails,
-        the call is simply made: sharing only ever saves calls.
+        the call is simply made: sharing only ever saves calls. ``seconds``: how long the call
+        may take (its own retries included), so how long the others wait for it.
 
         Not while the rate limit holds requests back (``throttled``): a call then waits in the
         limiter's queue, which drops it once the cache answers it, and does better than a
@@ -64,7 +72,7 @@ class FleetFlights:
         flight = self._prefix + key
         token = uuid.uuid4().hex
         try:
-            taken = redis.set(flight, token, nx=True, px=int(FLIGHT_SECONDS * 1000))
+            taken = redis.set(flight, token, nx=True, px=int(seconds * 1000))
         except Exception as exc:  # noqa: BLE001 - not shared this time
             log.debug("cache.flight_unavailable", error=type(exc).__name__)
             return work()
@@ -73,7 +81,7 @@ class FleetFlights:
                 return work()
             finally:
                 self._land(flight, token)
-        self._wait_gone([flight])
+        self._wait_gone([flight], seconds)
         found = answer()
         return found if found is not None else work()
 
@@ -155,16 +163,16 @@ class FleetFlights:
     def _sharing(self) -> bool:
         return self._cache.redis_usable() and not getattr(self._limiter, "throttled", False)
 
-    def _wait_gone(self, flights: list[str]) -> None:
-        """Poll until none of ``flights`` is held any more, ``FLIGHT_SECONDS`` at most."""
+    def _wait_gone(self, flights: list[str], seconds: float = FLIGHT_SECONDS) -> None:
+        """Poll until none of ``flights`` is held any more, ``seconds`` at most."""
         redis = self._cache.redis
-        self._poll(lambda: not redis.exists(*flights))
+        self._poll(lambda: not redis.exists(*flights), seconds)
 
-    def _poll(self, over: Callable[[], bool]) -> None:
-        """Sleep at growing intervals until ``over()`` (a Redis read), ``FLIGHT_SECONDS`` at
-        most, never past the event's deadline; a failing read ends the wait."""
+    def _poll(self, over: Callable[[], bool], seconds: float = FLIGHT_SECONDS) -> None:
+        """Sleep at growing intervals until ``over()`` (a Redis read), ``seconds`` at most,
+        never past the event's deadline; a failing read ends the wait."""
         waited, delay = 0.0, FLIGHT_POLL_FIRST_SECONDS
-        while waited < FLIGHT_SECONDS:
+        while waited < seconds:
             if past_deadline(delay):
                 break
             self._sleep(delay)

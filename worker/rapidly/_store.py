@@ -29,7 +29,7 @@ from worker.errors import (
 from worker.rapidly._cache import ChildCounts, Entry, EventCache
 from worker.rapidly._children import Counting
 from worker.rapidly._client import LIST_PAGE_SIZE, RapidlyClient, is_event_id
-from worker.rapidly._fleet import FleetFlights
+from worker.rapidly._fleet import FLIGHT_SECONDS, FleetFlights
 from worker.rapidly._flight import Flights
 from worker.rapidly._models import Event, EventPage
 from worker.rapidly._ratelimit import RateLimiter, when_needed
@@ -223,18 +223,27 @@ class EventStore:
                 raise EventNotFound(event_id, waited=0.0, attempts=0)
             return None if entry is None else entry.event
 
+        wait = self._policy.parent_not_found_wait_seconds
+
+        def fetch() -> Event:
+            try:
+                return self._fetch(event_id, wait)
+            except EventNotFound:
+                # Before the flight lands: the processes waiting for it read this and ask
+                # nothing, instead of finding neither the parent nor the verdict.
+                self._cache.remember_missing(event_id, wait)
+                raise
+
         try:
-            # Siblings in other processes walk up to the same parent at the same moment.
+            # Siblings in other processes walk up to the same parent at the same moment. The
+            # others wait as long as the 404 retries may take, not only a round trip.
             return self._flights.collapse(
                 f"get:{event_id}",
                 lambda: self._fleet.share(
-                    f"get:{event_id}",
-                    lambda: self._fetch(event_id, self._policy.parent_not_found_wait_seconds),
-                    cached,
+                    f"get:{event_id}", fetch, cached, seconds=wait + FLIGHT_SECONDS
                 ),
             )
         except EventNotFound:
-            self._cache.remember_missing(event_id, self._policy.parent_not_found_wait_seconds)
             return None
 
     def child_counts(self, event: Event) -> ChildCounts:

@@ -22,6 +22,7 @@ redis-py's code and share the pool.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any
 
 import redis as redis_lib
@@ -30,6 +31,28 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _RETRIED = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _on_pooled_connection(pool: Any, trip: Callable[[Any], Any]) -> Any:
+    """``trip(connection)`` on a pooled connection: once more on a fresh socket after a
+    connection error (a Redis restart leaves every pooled socket dead), then raised. A reply
+    error (read whole) leaves the connection in step; anything else disconnects it."""
+    connection = pool.get_connection()
+    try:
+        try:
+            result = trip(connection)
+        except _RETRIED:
+            connection.disconnect()  # reconnects on the next send
+            result = trip(connection)
+    except ResponseError:
+        pool.release(connection)
+        raise
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
+    pool.release(connection)
+    return result
 
 
 class LeanPool(redis_lib.BlockingConnectionPool):
@@ -51,9 +74,10 @@ class LeanPool(redis_lib.BlockingConnectionPool):
         # The pool proper's check: a socket with data waiting was given back mid-reply (or the
         # server closed it); it is not reused as it is.
         try:
-            if connection.can_read():
-                connection.disconnect()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+            stale = connection.can_read()
+        except _RETRIED:
+            stale = True
+        if stale:
             connection.disconnect()
         return connection
 
@@ -98,21 +122,12 @@ class LeanPipeline(redis_lib.client.Pipeline):
             or self.connection is not None
         ):
             return super().execute(raise_on_error)
-        pool = self.connection_pool
-        connection = pool.get_connection()
         try:
-            try:
-                responses = self._round_trip(connection, stack)
-            except _RETRIED:
-                connection.disconnect()
-                responses = self._round_trip(connection, stack)
-        except BaseException:
-            connection.disconnect()
-            pool.release(connection)
+            responses = _on_pooled_connection(
+                self.connection_pool, lambda connection: self._round_trip(connection, stack)
+            )
+        finally:
             self.reset()
-            raise
-        pool.release(connection)
-        self.reset()
         if raise_on_error:
             self.raise_first_error(stack, responses)
         return responses
@@ -136,25 +151,11 @@ class LeanRedis(redis_lib.Redis):
         return LeanPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        pool = self.connection_pool
-        connection = pool.get_connection()
-        try:
-            try:
-                connection.send_command(*args, check_health=False)
-                response = self.parse_response(connection, args[0], **options)
-            except _RETRIED:
-                connection.disconnect()  # reconnects on the next send
-                connection.send_command(*args, check_health=False)
-                response = self.parse_response(connection, args[0], **options)
-        except ResponseError:
-            pool.release(connection)  # the server's answer, read whole: the connection is fine
-            raise
-        except BaseException:
-            connection.disconnect()
-            pool.release(connection)
-            raise
-        pool.release(connection)
-        return response
+        def trip(connection: Any) -> Any:
+            connection.send_command(*args, check_health=False)
+            return self.parse_response(connection, args[0], **options)
+
+        return _on_pooled_connection(self.connection_pool, trip)
 
 
 def lean_client(url: str, **pool_options: Any) -> LeanRedis:

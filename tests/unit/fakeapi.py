@@ -156,3 +156,24 @@ class FakeApi:
                 headers={"content-type": "application/json", "x-request-id": "req-1"},
             )
         return httpx.Response(404, json={"error": "ResourceNotFound", "detail": "Not found"})
+
+
+class DictRedis:
+    """The Redis calls the event cache makes, over a dict; ``reads`` lists the keys read."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> str | None:
+        self.reads.append(key)
+        return self.data.get(key)
+
+    def pipeline(self, transaction: bool = False) -> DictRedis:
+        return self
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self.data[key] = value
+
+    def execute(self) -> None:
+        return None

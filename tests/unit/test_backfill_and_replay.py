@@ -168,29 +168,10 @@ def test_replayed_headers() -> None:
     assert replay_count({"x-replays": "junk"}) == 0
 
 
-class DictRedis:
-    """The three Redis calls the event store makes, over a dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.data.get(key)
-
-    def pipeline(self, transaction: bool = False) -> DictRedis:
-        return self
-
-    def set(self, key: str, value: str, ex: int | None = None) -> None:
-        self.data[key] = value
-
-    def execute(self) -> None:
-        return None
-
-
 def test_a_worker_picks_up_the_direct_count_the_backfill_cached_later() -> None:
     from pydantic import SecretStr
 
-    from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
+    from tests.unit.fakeapi import BASE, TOKEN, DictRedis, FakeApi, make_event, new_id
     from worker.rapidly import ChildCounts, EventStore, RapidlyClient
 
     parent = make_event(new_id())

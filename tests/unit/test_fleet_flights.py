@@ -100,6 +100,29 @@ def _family(api: FakeApi) -> tuple[dict[str, Any], dict[str, Any]]:
     return parent, child
 
 
+def _generations(api: FakeApi) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A root, its child and a grandchild in the API: (root, child)."""
+    root = make_event(new_id())
+    child = make_event(new_id(), root["id"])
+    api.add(root, child, make_event(new_id(), child["id"]))
+    return root, child
+
+
+def _lands_when_waited_on(
+    redis: FakeRedis, key: str, other: EventStore, root: dict[str, Any], waits: list[float]
+) -> Callable[[float], None]:
+    """A sleep for this process: while it waits, the other process lists the root's children
+    (which brings its subtree) and ``key`` goes."""
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if key in redis.data:
+            del redis.data[key]
+            other.count_children(Event.from_api(root))
+
+    return sleep
+
+
 def test_a_listing_in_flight_in_another_process_is_waited_for_not_repeated() -> None:
     api, redis = FakeApi(), FakeRedis()
     parent, _ = _family(api)
@@ -107,15 +130,7 @@ def test_a_listing_in_flight_in_another_process_is_waited_for_not_repeated() -> 
     flight = "rapidly:n:flight:children:" + parent["id"]
     redis.data[flight] = "another process"
     sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        # While this process waits, the other one lists the children and lands its flight.
-        sleeps.append(seconds)
-        if flight in redis.data:
-            del redis.data[flight]
-            other.count_children(Event.from_api(parent))
-
-    store = _store(api, redis, sleep)
+    store = _store(api, redis, _lands_when_waited_on(redis, flight, other, parent, sleeps))
     store.prime([(Event.from_api(parent), 1, None)])  # a window showed it with descendants
     calls_by_other = 1  # the other process's listing
     counts = store.child_counts(Event.from_api(parent))
@@ -242,21 +257,11 @@ def test_the_dispatching_limiter_tells_when_callers_wait_for_slots() -> None:
 
 def test_an_ancestors_subtree_listing_in_another_process_gives_the_counts() -> None:
     api, redis = FakeApi(), FakeRedis()
-    root = make_event(new_id())
-    child = make_event(new_id(), root["id"])
-    grandchild = make_event(new_id(), child["id"])
-    api.add(root, child, grandchild)
+    root, child = _generations(api)
     other = _store(api, redis, lambda _: None)
     flight = "rapidly:n:flight:subtree:" + root["id"]
     redis.data[flight] = "another process"
-
-    def sleep(_: float) -> None:
-        # While this process waits, the other one lists the root's subtree and lands its flight.
-        if flight in redis.data:
-            del redis.data[flight]
-            other.count_children(Event.from_api(root))
-
-    store = _store(api, redis, sleep)
+    store = _store(api, redis, _lands_when_waited_on(redis, flight, other, root, []))
     store.prime([(Event.from_api(root), 2, None)])  # the walk cached the parent
     counts = store.child_counts(Event.from_api(child))
     assert counts == ChildCounts(1, 1)
@@ -287,20 +292,11 @@ def test_an_event_cached_without_counts_takes_them_from_a_listing_elsewhere() ->
     """The event is in this process's cache from its GET, without counts: once another
     process's subtree page of its parent landed, the shared copy gives them, no call here."""
     api, redis = FakeApi(), FakeRedis()
-    root = make_event(new_id())
-    child = make_event(new_id(), root["id"])
-    grandchild = make_event(new_id(), child["id"])
-    api.add(root, child, grandchild)
+    root, child = _generations(api)
     other = _store(api, redis, lambda _: None)
     flight = "rapidly:n:flight:subtree:" + root["id"]
     redis.data[flight] = "another process"
-
-    def sleep(_: float) -> None:
-        if flight in redis.data:
-            del redis.data[flight]
-            other.count_children(Event.from_api(root))
-
-    store = _store(api, redis, sleep)
+    store = _store(api, redis, _lands_when_waited_on(redis, flight, other, root, []))
     store.prime([(Event.from_api(root), 2, None)])
     event = store.parent(child["id"])  # fetched here: cached without counts
     assert event is not None
@@ -313,22 +309,12 @@ def test_an_ancestor_being_counted_elsewhere_is_waited_for() -> None:
     """The parent is being counted in another process, before any listing of it is in
     flight: the child waits for it, then takes its counts from the shared cache."""
     api, redis = FakeApi(), FakeRedis()
-    root = make_event(new_id())
-    child = make_event(new_id(), root["id"])
-    grandchild = make_event(new_id(), child["id"])
-    api.add(root, child, grandchild)
+    root, child = _generations(api)
     other = _store(api, redis, lambda _: None)
     marker = "rapidly:n:flight:counting:" + root["id"]
     redis.data[marker] = "another process"
     waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if marker in redis.data:
-            del redis.data[marker]
-            other.count_children(Event.from_api(root))
-
-    store = _store(api, redis, sleep)
+    store = _store(api, redis, _lands_when_waited_on(redis, marker, other, root, waits))
     store.prime([(Event.from_api(root), 2, None)])
     assert store.child_counts(Event.from_api(child)) == ChildCounts(1, 1)
     assert api.calls == {"list": 1}  # the other process's, nothing here

@@ -5,7 +5,7 @@ import threading
 import httpx
 import pytest
 
-from tests.unit.fakeapi import FakeApi, make_event, new_id
+from tests.unit.fakeapi import DictRedis, FakeApi, make_event, new_id
 from worker.enrichment import enrich_event
 from worker.errors import EventNotFound, RetriesExhausted
 from worker.rapidly import EventStore, LocalRateLimiter, count_calls
@@ -243,33 +243,12 @@ def test_unknown_event_waits_the_whole_window(
     assert sum(sleeps) == pytest.approx(3.0)  # NOT_FOUND wait of the fixture, not half of it
 
 
-class CountingRedis:
-    """The Redis calls the event cache makes, over a dict, counting the reads."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-        self.reads: list[str] = []
-
-    def get(self, key: str) -> str | None:
-        self.reads.append(key)
-        return self.data.get(key)
-
-    def pipeline(self, transaction: bool = False) -> CountingRedis:
-        return self
-
-    def set(self, key: str, value: str, ex: int | None = None) -> None:
-        self.data[key] = value
-
-    def execute(self) -> None:
-        return None
-
-
 def test_the_claims_miss_of_the_shared_copy_stands_for_the_lookup_right_after() -> None:
     import time
 
     from worker.rapidly._cache import SHARED_MISS_FRESH_SECONDS, EventCache
 
-    shared = CountingRedis()
+    shared = DictRedis()
     cache = EventCache(
         max_events=100,
         event_max_age=300,

@@ -138,11 +138,10 @@ class EventCache:
                 return None
         return self.prefix + event_id
 
-    def accept_shared(self, raw: bytes | str | None, event_id: str | None = None) -> None:
+    def accept_shared(self, raw: bytes | str | None, event_id: str) -> None:
         """``raw``: what the caller read at ``shared_key(event_id)``; None: nothing there."""
         if raw is None:
-            if event_id is not None:
-                self._missed(event_id)
+            self._missed(event_id)
             return
         try:
             entry = Entry.from_json(raw)
@@ -246,20 +245,31 @@ class EventCache:
 
     def known_counts(self, event_id: str) -> ChildCounts | None:
         entry = self.lookup(event_id)
-        if (
-            entry is None
-            or entry.descendants is None
-            or self.clock() - entry.counted_at > self._counts_max_age
-        ):
+        if entry is None or not self._counted(entry):
+            return None
+        counts = self._counts_in(entry)
+        if counts is not None:
+            return counts
+        shared = self._shared_counts(event_id)
+        if shared is not None:
+            return ChildCounts(shared.direct, shared.descendants)  # type: ignore[arg-type]
+        return None
+
+    def _counted(self, entry: Entry) -> bool:
+        return (
+            entry.descendants is not None
+            and self.clock() - entry.counted_at <= self._counts_max_age
+        )
+
+    def _counts_in(self, entry: Entry | None) -> ChildCounts | None:
+        """What ``entry`` alone tells of the counts (no I/O)."""
+        if entry is None or not self._counted(entry):
             return None
         if entry.descendants == 0:
             # No descendants at all means no direct children either: no call needed.
             return ChildCounts(0, 0)
         if entry.direct is not None:
-            return ChildCounts(entry.direct, entry.descendants)
-        shared = self._shared_counts(event_id)
-        if shared is not None:
-            return ChildCounts(shared.direct, shared.descendants)  # type: ignore[arg-type]
+            return ChildCounts(entry.direct, entry.descendants)  # type: ignore[arg-type]
         return None
 
     def _shared_counts(self, event_id: str) -> Entry | None:
@@ -281,14 +291,14 @@ class EventCache:
         """The event's counts once another process's listing of them landed: read from the
         shared copy when this process's own copy has none (a copy cached by a GET or an
         earlier list keeps answering None here until it is read again)."""
-        known = self.known_counts(event_id)
+        known = self._counts_in(self.peek(event_id))
         if known is not None:
             return known
-        entry = self._read_shared(event_id)
+        entry = self._read_shared(event_id)  # one read: what the other process's listing left
         if entry is None or entry.descendants is None:
             return None
         self.remember([entry], shared=False)
-        return self.known_counts(event_id)
+        return self._counts_in(self.peek(event_id) or entry)
 
     def known_leaf(self, event_id: str) -> bool:
         return self.known_counts(event_id) == ChildCounts(0, 0)

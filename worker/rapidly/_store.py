@@ -106,7 +106,7 @@ class EventStore:
         caller fetch it in a round trip it makes anyway (``accept_shared``)."""
         return self._cache.shared_key(event_id)
 
-    def accept_shared(self, raw: bytes | str | None, event_id: str | None = None) -> None:
+    def accept_shared(self, raw: bytes | str | None, event_id: str) -> None:
         """The value read at ``shared_key(event_id)``: cached here as ``event`` would have
         cached it; a miss is not read again at once."""
         self._cache.accept_shared(raw, event_id)

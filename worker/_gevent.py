@@ -5,6 +5,11 @@ zero-timeout ``select.poll``. Under monkey-patching that poll is gevent's cooper
 costs a watcher per call and showed as a fifth of the worker's CPU in profiles. A zero-timeout poll
 never blocks, so the original, unpatched poll is both correct and cheap there. redis-py asks the
 same question (``_socket_can_read(sock, 0)``) each time a connection leaves its pool: the same fix.
+
+gevent's ``sendall`` asks the kernel for the socket's send buffer size (a ``getsockopt`` syscall)
+before every write, to size its chunks. The worker's writes (a Redis command, an AMQP frame, an
+HTTP request) are small and a first non-blocking ``send`` almost always takes them whole, so
+plain sockets try that first and hand only a remainder to gevent's loop.
 """
 
 from __future__ import annotations
@@ -42,7 +47,30 @@ def patch() -> None:
         return is_socket_readable(sock)
 
     hiredis_parser._socket_can_read = socket_can_read
+    _send_small_writes_at_once()
     _dump_greenlets_on_sigusr1()
+
+
+def _send_small_writes_at_once() -> None:
+    from gevent import socket as gevent_socket  # noqa: PLC0415
+
+    plain = gevent_socket.socket
+    cooperative_sendall = plain.sendall
+
+    def sendall(self: Any, data: Any, flags: int = 0) -> Any:
+        # TLS sockets subclass this class and must write through their own ``send``.
+        if type(self) is not plain or flags:
+            return cooperative_sendall(self, data, flags)
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        view = memoryview(data).cast("B")
+        if sent >= view.nbytes:
+            return None
+        return cooperative_sendall(self, view[sent:], flags)
+
+    plain.sendall = sendall
 
 
 def _dump_greenlets_on_sigusr1() -> None:

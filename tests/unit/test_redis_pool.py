@@ -141,6 +141,26 @@ def test_a_connection_given_back_mid_reply_is_not_reused_as_it_is(lean: Any) -> 
     assert lean.get("lean:a") == b"v"  # not the stale reply (None)
 
 
+def test_only_a_connection_given_back_in_step_skips_the_check(lean: Any) -> None:
+    lean.set("lean:a", b"v")  # leaves one connection in the pool, every reply read
+    pool = lean.connection_pool
+    connection = pool.get_connection()
+    checked: list[int] = []
+    check = connection.can_read
+    connection.can_read = lambda *args, **kwargs: checked.append(1) or check(*args, **kwargs)
+    pool.release_in_step(connection)
+    assert pool.get_connection() is connection
+    assert checked == []
+    pool.release(connection)  # by a caller that may have left a reply unread
+    assert pool.get_connection() is connection
+    assert checked == [1]
+    connection.send_command("GET", "lean:none")  # its reply is never read
+    pool.release(connection)
+    time.sleep(0.1)
+    assert lean.get("lean:a") == b"v"  # checked, dropped, not the stale reply
+    assert checked == [1, 1]
+
+
 def test_a_taker_blocked_on_a_full_pool_gets_the_next_connection_given_back() -> None:
     from worker._redis import lean_client
 

@@ -8,6 +8,7 @@ are never attributed to the wrong message. Never a connection per message.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import amqp
 import structlog
 from amqp import spec
-from amqp.exceptions import AMQPError, MessageNacked
+from amqp.exceptions import AMQPError, MessageNacked, RecoverableConnectionError
+from amqp.serialization import dumps as encode_arguments
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
@@ -108,14 +111,54 @@ class _ConfirmedPool:
             connection.release()
             raise
 
-    def publish(self, body: Any, *, on_sent: Callable[[], None] = _nothing, **kwargs: Any) -> None:
+    def publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        content_type: str,
+        content_encoding: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        on_sent: Callable[[], None] = _nothing,
+    ) -> None:
+        """``body`` as it goes on the wire, persistent (delivery mode 2); ``properties`` are the
+        other AMQP properties (message_id, correlation_id...)."""
         if not self._permits.acquire(timeout=self._timeout):
             raise PublishError("no publishing connection free in time", sent=False)
         slot: _Slot | None = None
         sent = False
         try:
             slot = self._take()
-            slot.producer.publish(body, retry=False, timeout=self._timeout, **kwargs)
+            if slot.confirms:
+                _write_basic_publish(
+                    slot.channel,
+                    amqp.Message(
+                        body,
+                        content_type=content_type,
+                        content_encoding=content_encoding,
+                        application_headers=headers,
+                        delivery_mode=2,
+                        **{"priority": 0, **properties},  # kombu's default priority
+                    ),
+                    exchange,
+                    routing_key,
+                    timeout=self._timeout,
+                )
+            else:
+                slot.producer.publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type=content_type,
+                    content_encoding=content_encoding,
+                    headers=headers,
+                    delivery_mode=2,
+                    retry=False,
+                    timeout=self._timeout,
+                    **properties,
+                )
             sent = True
             on_sent()
             if slot.confirms:
@@ -201,6 +244,39 @@ class _ConfirmedPool:
                 return
 
 
+def _write_basic_publish(
+    channel: Any, message: amqp.Message, exchange: str, routing_key: str, *, timeout: float
+) -> None:
+    """What py-amqp's ``basic_publish`` writes, without the calls around it that a confirmed
+    publish does not need: kombu's producer (serializer lookup, declarations, batch state) and
+    the zero-timeout read for a ``connection.blocked`` notice before every publish (the confirm
+    wait reads and dispatches any such frame). The frames are the same; a test compares them
+    with kombu's."""
+    connection = channel.connection
+    if connection is None:
+        raise RecoverableConnectionError("channel closed")
+    arguments = _PUBLISH_ARGUMENTS.get((exchange, routing_key))
+    if arguments is None:
+        arguments = encode_arguments("Bssbb", (0, exchange, routing_key, False, False))
+        if len(_PUBLISH_ARGUMENTS) >= _MAX_PUBLISH_ARGUMENTS:
+            _PUBLISH_ARGUMENTS.clear()
+        _PUBLISH_ARGUMENTS[(exchange, routing_key)] = arguments
+    try:
+        with connection.transport.having_timeout(timeout):
+            connection.frame_writer(1, channel.channel_id, spec.Basic.Publish, arguments, message)
+    except StopIteration:
+        raise RecoverableConnectionError("connection already closed") from None
+    except TimeoutError:
+        # As py-amqp: a write that timed out leaves the connection unusable.
+        raise RecoverableConnectionError("basic_publish: timed out") from None
+
+
+# Basic.Publish's encoded arguments by (exchange, routing key): routing keys come from event
+# names, a few dozen in practice; the bound only keeps an unusual workspace from growing it.
+_PUBLISH_ARGUMENTS: dict[tuple[str, str], bytes] = {}
+_MAX_PUBLISH_ARGUMENTS = 4096
+
+
 def _raise_on_nack(method: Any, *args: Any) -> None:
     if method == spec.Basic.Nack:
         raise MessageNacked()
@@ -238,15 +314,22 @@ class RecordPublisher:
     def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
         """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
         try:
+            try:
+                # As kombu's json serializer writes it (ASCII, default separators).
+                body = json.dumps(record.body).encode("utf-8")
+            except (TypeError, ValueError) as exc:
+                raise PublishError(
+                    f"record is not JSON: {exc}", sent=False, unpublishable=True
+                ) from exc
             self._pool.publish(
-                record.body,
+                body,
                 on_sent=on_sent,
-                exchange=ENRICHED_EXCHANGE,
+                exchange=ENRICHED_EXCHANGE.name,
                 routing_key=record.routing_key,
-                serializer="json",  # content_type application/json, utf-8
-                delivery_mode=2,
-                message_id=record.event_id,
+                content_type="application/json",
+                content_encoding="utf-8",
                 headers={"schema": record.schema},
+                properties={"message_id": record.event_id},
             )
         except PublishError as exc:
             if self._observer is not None and not exc.unpublishable:
@@ -303,9 +386,8 @@ class DeadLetterPublisher:
             routing_key=DEAD_LETTER_QUEUE_NAME,
             content_type=message.content_type or "application/octet-stream",
             content_encoding=message.content_encoding or "binary",
-            delivery_mode=2,
             headers=headers,
-            **kept,
+            properties=kept,
         )
 
     def close(self) -> None:

@@ -57,13 +57,12 @@ class TaskPublisher:
         """Returns once the broker confirmed the message; PublishError otherwise."""
         self._pool.publish(
             message.body,
-            exchange=EVENTS_EXCHANGE,
+            exchange=EVENTS_EXCHANGE.name,
             routing_key=EVENTS_QUEUE_NAME,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
-            delivery_mode=2,
             headers=message.headers,
-            **message.properties,
+            properties=message.properties,
         )
 
     def close(self) -> None:

@@ -1,0 +1,64 @@
+"""``worker._gevent.patch``: the worker's socket shortcuts keep gevent's semantics.
+
+Run in a child interpreter: monkey-patching is process-wide and must not reach the test run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+CHILD = textwrap.dedent(
+    """
+    from worker._gevent import patch
+    patch()
+    import gevent, socket
+
+    asked = []
+    getsockopt = socket.socket.getsockopt
+    socket.socket.getsockopt = lambda self, *args: asked.append(args) or getsockopt(self, *args)
+    small_writer, small_reader = socket.socketpair()
+    small_writer.sendall(b"one frame")
+    assert small_reader.recv(64) == b"one frame"
+    assert asked == []  # written by one send, without asking the buffer's size
+
+    # Far more than the kernel buffers: the first send takes part, gevent's loop the rest,
+    # while a reader greenlet drains it.
+    payload = bytes(range(256)) * 40_000
+    big_writer, big_reader = socket.socketpair()
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(payload):
+            received.extend(big_reader.recv(65536))
+
+    reader = gevent.spawn(read)
+    big_writer.sendall(memoryview(payload))
+    reader.join(10)
+    assert bytes(received) == payload, (len(received), len(payload))
+
+    # A subclass (gevent's TLS socket is one) writes through its own send.
+    class Wrapped(socket.socket):
+        sends = 0
+
+        def send(self, data, flags=0, timeout=None):
+            Wrapped.sends += 1
+            return super().send(data, flags)
+
+    left, right = socket.socketpair()
+    wrapped = Wrapped(fileno=left.detach())
+    wrapped.sendall(b"through send")
+    assert right.recv(64) == b"through send"
+    assert Wrapped.sends >= 1
+    print("ok")
+    """
+)
+
+
+def test_sendall_sends_small_and_large_writes_whole_and_leaves_subclasses_alone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -32,8 +32,6 @@ for _signal, _receiver in (
     (signals.worker_init, product._boot),
     (signals.worker_ready, product._ready),
     (signals.worker_shutdown, product._shutdown),
-    (signals.task_prerun, product._bind_context),
-    (signals.task_postrun, product._clear_context),
 ):
     _signal.disconnect(_receiver)
 

@@ -4,7 +4,7 @@ Configured in one block (``app.conf.update`` below, then ``configure``): JSON on
 reject on worker lost, prefetch 1 per slot of an I/O-bound pool, connection retries forever, our
 logging kept in charge. Task modules are named by string (``TASK_MODULES``, Celery's ``include``),
 never imported from here: ``worker/`` does not depend on ``tasks/``. Signals build the per-process
-runtime at boot, close it at shutdown, and bind the log context per task.
+runtime at boot and close it at shutdown; the task base class binds each task's log context.
 
 Elsewhere: the task base classes and their error mapping (``worker.tasking``), dead-lettering
 (``worker.deadletter``), the heartbeat (``worker.health``).
@@ -94,7 +94,7 @@ def settings_of(celery_app: Celery) -> Settings:
 _stop_heartbeat = threading.Event()
 
 
-# --- signals: logging stays ours; per-process runtime; per-task log context
+# --- signals: logging stays ours; per-process runtime
 
 
 @signals.setup_logging.connect
@@ -151,17 +151,6 @@ def _shutdown(**_: Any) -> None:
     rt.close()
     runtime.install(None)
     log.info("worker.stopped")
-
-
-@signals.task_prerun.connect
-def _bind_context(task_id: str | None = None, **_: Any) -> None:
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(task_id=task_id)
-
-
-@signals.task_postrun.connect
-def _clear_context(**_: Any) -> None:
-    structlog.contextvars.clear_contextvars()
 
 
 __all__ = ["CUSTOMER_TASK_NAME", "TASK_MODULES", "TASK_NAME", "app", "configure", "settings_of"]

@@ -107,6 +107,10 @@ class EnrichTask(Task[Any, Any]):
         started = time.monotonic()
         summary: dict[str, Any] = {}
         counted: str | None = None
+        # The task's log context, bound here rather than from Celery's task_prerun/postrun
+        # signals: with a receiver connected, Celery sends each signal for every task.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(task_id=self.request.id)
         try:
             context, run_args = self.arguments(args, kwargs)
             structlog.contextvars.bind_contextvars(**context)
@@ -178,6 +182,7 @@ class EnrichTask(Task[Any, Any]):
                 duration_ms=round(duration * 1000, 1),
                 **summary,
             )
+            structlog.contextvars.clear_contextvars()
 
     def _count_redelivery(self, rt: runtime.Runtime) -> str | None:
         """Bounds the loop a poison message would make (it crashes or kills the worker each

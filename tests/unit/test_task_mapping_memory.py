@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
 from celery import signals
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Producer
@@ -47,9 +48,12 @@ class FakeService:
 
     errors: dict[str, list[BaseException]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    contexts: list[dict[str, Any]] = field(default_factory=list)
 
     def process(self, event_id: str) -> Outcome:
         self.calls.append(event_id)
+        self.contexts.append(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(bound_by=event_id)  # as the real service binds
         queued = self.errors.get(event_id)
         if queued:
             raise queued.pop(0)
@@ -237,6 +241,18 @@ def test_a_published_event_is_acknowledged(rt: FakeRuntime) -> None:
     assert queued(EVENTS_QUEUE_NAME) == 0
     assert rt.service.calls == [event_id]
     assert dead_letters(1, timeout=0.2) == []
+
+
+def test_each_task_logs_under_its_own_task_and_event_ids(rt: FakeRuntime) -> None:
+    first, second = new_id(), new_id()
+    first_task, second_task = send(tasking.TASK_NAME, first), send(tasking.TASK_NAME, second)
+    wait_for(lambda: len(rt.service.calls) == 2)
+    assert {(context["task_id"], context["event_id"]) for context in rt.service.contexts} == {
+        (first_task, first),
+        (second_task, second),
+    }
+    # One thread ran both (solo pool): what the first bound was cleared before the second.
+    assert all("bound_by" not in context for context in rt.service.contexts)
 
 
 def test_wrong_arguments_are_dead_lettered_without_running(rt: FakeRuntime) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from typing import Any
@@ -97,7 +98,7 @@ def test_confirm_fails_once_another_claim_took_a_lapsed_lease() -> None:
 
 def test_confirm_retakes_a_lapsed_unclaimed_lease() -> None:
     client = redis_client()
-    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30)
+    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30, fresh_share=0)
     key = new_id()
     lease = store.claim(key)
     assert isinstance(lease, Lease)
@@ -106,11 +107,28 @@ def test_confirm_retakes_a_lapsed_unclaimed_lease() -> None:
     assert store.claim(key) is Claim.BUSY
 
 
+def test_a_fresh_lease_is_confirmed_without_a_round_trip_an_old_one_with_one() -> None:
+    client = redis_client()
+    store = RedisDedupeStore(client, new_id(), ttl=60, lease=40)  # fresh for 10 s
+    lease = store.claim(new_id())
+    assert isinstance(lease, Lease)
+    calls: list[Any] = []
+    confirm_own = store._confirm_own
+    store._confirm_own = lambda **kwargs: calls.append(kwargs) or confirm_own(**kwargs)
+    assert store.confirm(lease)
+    assert calls == []
+    aged = dataclasses.replace(lease, claimed_at=lease.claimed_at - 10.0)
+    assert store.confirm(aged)
+    assert len(calls) == 1
+    client.set(store._prefix + lease.key, b"lease:another-claim")
+    assert not store.confirm(aged)  # checked in Redis: another claim holds it now
+
+
 def test_scripts_survive_a_flushed_script_cache() -> None:
     """A Redis restart empties the script cache: confirm and release still work (EVALSHA falls
     back to loading the script again)."""
     client = redis_client()
-    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30)
+    store = RedisDedupeStore(client, new_id(), ttl=60, lease=30, fresh_share=0)
     key = new_id()
     lease = store.claim(key)
     assert isinstance(lease, Lease)

@@ -2,7 +2,8 @@
 
 ``bench.floor_worker`` runs the product's Celery configuration and pool with a task that does only
 the first steps of an event's work: nothing (Celery's own cost per message), then one confirmed
-publish, then the three dedupe round trips around it. Each step runs on a backlog of
+publish, then the dedupe around it (claim and sent mark: two round trips; a fresh lease's
+confirm makes none). Each step runs on a backlog of
 ``--floor-events`` ids after a warm-up; its figure is the floor worker's CPU seconds per message.
 The product's own figure (``--workers product``, run first in the same invocation) sits beside
 them: the difference is the enrichment itself (API calls, cache, windows), the summary log line
@@ -36,7 +37,7 @@ IDLE_CPU_SHARE = 0.05  # of one core: the floor worker has finished its backlog
 WHAT = {
     "celery": "Celery: receive, trace, late ack",
     "publish": "+ one record published and confirmed",
-    "dedupe": "+ claim, lease confirm and sent mark in Redis",
+    "dedupe": "+ claim, lease confirm and sent mark (two Redis round trips)",
 }
 
 

@@ -140,17 +140,20 @@ class DeadLetteringConsumer(Consumer):
     """Messages Celery cannot run (wrong content type, undecodable body, unknown task, not a
     Celery message) are dead-lettered with a reason instead of being dropped; none is executed."""
 
-    # Without Celery's native delayed delivery, which it adds for quorum queues (28 more
-    # exchanges and quorum queues per broker URL): this worker never sends a task with an eta or
-    # a countdown, its retries wait inside the task.
+    # Acks written together (worker._acks). Without Celery's native delayed delivery, which it
+    # adds for quorum queues (28 more exchanges and quorum queues per broker URL): this worker
+    # never sends a task with an eta or a countdown, its retries wait inside the task.
     Blueprint = type(
         "Blueprint",
         (Consumer.Blueprint,),
         {
             "default_steps": [
-                step
-                for step in Consumer.Blueprint.default_steps
-                if not step.endswith(":DelayedDelivery")
+                *(
+                    step
+                    for step in Consumer.Blueprint.default_steps
+                    if not step.endswith(":DelayedDelivery")
+                ),
+                "worker._acks:CoalescedAcks",
             ]
         },
     )

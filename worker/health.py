@@ -186,4 +186,4 @@ def side_beat(rt: Runtime, loop: LoopTick) -> None:
     rt.health.update(broker=loop.alive())
     if loop.reconnecting:
         rt.health.touch()
-    metrics.READY.set(1 if rt.health.ready else 0)
+    metrics.show_ready(rt.health.ready)

@@ -5,6 +5,7 @@ switched on by ``PROMETHEUS_MULTIPROC_DIR``, which the supervisor sets for its c
 from __future__ import annotations
 
 import errno
+import os
 
 import structlog
 from prometheus_client import (
@@ -46,6 +47,19 @@ READY = Gauge(
     "1 while the broker is reachable and the API accepts the token",
     multiprocess_mode="livemin",  # several processes: ready only if every live one is
 )
+
+
+# (process id, value) last written to READY: a forked child has a gauge of its own to write.
+_ready_shown: list[tuple[int, int]] = []
+
+
+def show_ready(ready: bool) -> None:
+    """``READY`` set to ``ready``, written only when it changes: it is reported after every
+    event, and each write of a multiprocess gauge takes a lock and checks the process id."""
+    shown = (os.getpid(), 1 if ready else 0)
+    if _ready_shown != [shown]:
+        READY.set(shown[1])
+        _ready_shown[:] = [shown]
 
 
 def observe_api(kind: str, status: str, seconds: float) -> None:

@@ -224,7 +224,7 @@ class Runtime:
             "worker.api_rejects_token", error=str(exc), status=exc.status, request_id=exc.request_id
         )
         self.health.api_rejected(str(exc))
-        metrics.READY.set(0)
+        metrics.show_ready(False)
         with _lock:
             if self._probing:
                 return
@@ -254,7 +254,7 @@ class Runtime:
 
     def api_accepted(self) -> None:
         self.health.api_accepted()
-        metrics.READY.set(1 if self.health.ready else 0)
+        metrics.show_ready(self.health.ready)
 
     def close(self) -> None:
         self.closed = True
@@ -275,7 +275,7 @@ def _downstream_observer(health: HealthState) -> Callable[[PublishError | None],
             if health.ready:
                 log.error("worker.downstream_not_confirming", error=str(error)[:300])
             health.downstream_failed(str(error))
-        metrics.READY.set(1 if health.ready else 0)
+        metrics.show_ready(health.ready)
 
     return observe
 

@@ -6,6 +6,9 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
+from worker import metrics
 from worker.health import PROCESSES_FILE, HealthState, check
 
 
@@ -35,3 +38,12 @@ def test_supervisor_is_healthy_only_if_every_child_is(tmp_path: Path) -> None:
     (tmp_path / "0" / "heartbeat").write_text(f"{time.time() - 120:.3f}\n")
     ok, reason = check(str(tmp_path), "live")
     assert not ok and reason.startswith("process 0 of 2: heartbeat is 120s old")
+
+
+def test_the_ready_gauge_is_written_only_when_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[float] = []
+    monkeypatch.setattr(metrics, "_ready_shown", [])
+    monkeypatch.setattr(metrics.READY, "set", written.append)
+    for ready in (True, True, True, False, False, True):
+        metrics.show_ready(ready)
+    assert written == [1, 0, 1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from amqp.serialization import dumps as encode_arguments
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
+from worker._gevent import bounded_semaphore
 from worker.enrichment import EnrichedRecord
 from worker.errors import PublishError
 from worker.publishing._topology import (
@@ -91,8 +91,9 @@ class _ConfirmedPool:
         self._url = url
         self._timeout = timeout
         self._declare = declare
-        self._idle: queue.LifoQueue[_Slot] = queue.LifoQueue()
-        self._permits = threading.BoundedSemaphore(size)
+        # Most recently used last; list operations are atomic, the permits bound the length.
+        self._idle: list[_Slot] = []
+        self._permits = bounded_semaphore(size)
 
     def _open(self) -> _Slot:
         connection = Connection(
@@ -192,7 +193,7 @@ class _ConfirmedPool:
                 unpublishable=opened and not sent and not infrastructure,
             ) from exc
         else:
-            self._idle.put(slot)
+            self._idle.append(slot)
             slot = None
         finally:
             self._permits.release()
@@ -201,8 +202,8 @@ class _ConfirmedPool:
         """An idle connection that is still good, else a new one."""
         while True:
             try:
-                slot = self._idle.get_nowait()
-            except queue.Empty:
+                slot = self._idle.pop()
+            except IndexError:
                 return self._open()
             if time.monotonic() - slot.used_at < PUBLISH_HEARTBEAT_SECONDS:
                 try:
@@ -224,7 +225,7 @@ class _ConfirmedPool:
                 if not self._permits.acquire(blocking=False):
                     break
                 opened.append(True)
-                self._idle.put(self._open())
+                self._idle.append(self._open())
         finally:
             for _ in opened:
                 self._permits.release()
@@ -239,8 +240,8 @@ class _ConfirmedPool:
     def close(self) -> None:
         while True:
             try:
-                _close_quietly(self._idle.get_nowait())
-            except queue.Empty:
+                _close_quietly(self._idle.pop())
+            except IndexError:
                 return
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
-from worker import metrics, runtime
+from worker import _heap, metrics, runtime
 from worker.health import consumer_loop, heartbeat_forever
 from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME, topology
 from worker.settings import Settings
@@ -137,6 +137,7 @@ def _ready(**_: Any) -> None:
     consumer_loop.tick()
     rt = runtime.current()
     rt.health.beat(broker_connected=True)
+    _heap.settle()
     log.info("worker.consumer_ready")
 
 

@@ -62,3 +62,57 @@ def test_sendall_sends_small_and_large_writes_whole_and_leaves_subclasses_alone(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+AMQP_CHILD = textwrap.dedent(
+    """
+    from worker._gevent import patch
+    patch()
+    import socket, struct
+    from amqp.transport import TCPTransport
+
+    def frame(channel, payload):
+        return struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\\xce"
+
+    ours, broker = socket.socketpair()
+    transport = TCPTransport.__new__(TCPTransport)
+    transport.sock, transport.raise_on_initial_eintr, transport.connected = ours, True, True
+    transport._setup_transport()
+    asked = []
+    recv = transport._quick_recv
+    transport._quick_recv = lambda n: asked.append(n) or recv(n)
+
+    broker.sendall(frame(1, b"first") + frame(2, b"second" * 100))
+    assert transport.read_frame() == (1, 1, b"first")
+    assert transport.read_frame() == (1, 2, b"second" * 100)
+    assert len(asked) == 1, asked  # both frames, six reads, from one recv
+
+    # A frame cut by a read timeout is kept whole for the next read.
+    ours.settimeout(0.2)
+    split = frame(3, b"split")
+    broker.sendall(split[:9])
+    try:
+        transport.read_frame()
+        raise SystemExit("no timeout")
+    except socket.timeout:
+        pass
+    broker.sendall(split[9:])
+    assert transport.read_frame() == (1, 3, b"split")
+
+    broker.close()
+    try:
+        transport.read_frame()
+        raise SystemExit("read past the end")
+    except OSError as exc:
+        assert "closed" in str(exc), exc
+    print("ok")
+    """
+)
+
+
+def test_amqp_frames_are_read_ahead_and_kept_across_timeouts() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", AMQP_CHILD], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -62,6 +62,29 @@ app.conf.update(
 )
 
 
+# Connections the Redis transport may open beside one per task greenlet: the consumer's BRPOP,
+# the visibility-timeout restore, the reconnect's own.
+_REDIS_BROKER_SPARE_CONNECTIONS = 8
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's transport options for the input broker; each transport reads its own.
+
+    Redis redelivers an unacked message after ``visibility_timeout``: it must outlast the longest
+    event (deadline plus retries) or a slow event would be delivered twice.
+
+    ``max_connections`` is the Redis transport's pool. Under the gevent pool every task greenlet
+    acks its own message on a pooled connection, so up to ``concurrency`` acks are in flight at
+    once. kombu's default of 10 is a pool that does not wait but raises ``MaxConnectionsError``:
+    acks fail, the consumer restarts, and a message just popped by BRPOP but not yet written to
+    the unacked hash is gone with it."""
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout,
+        "confirm_publish": True,
+        "max_connections": settings.worker_concurrency + _REDIS_BROKER_SPARE_CONNECTIONS,
+    }
+
+
 def configure(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.broker_url,
@@ -70,12 +93,7 @@ def configure(settings: Settings) -> Celery:
         task_queues=(topology(settings.rabbitmq_queue_type).events_queue,),
         worker_concurrency=settings.worker_concurrency,
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
-        # Redis redelivers an unacked message after this; it must outlast the longest event
-        # (deadline plus retries) or a slow event would be delivered twice.
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout,
-            "confirm_publish": True,
-        },
+        broker_transport_options=broker_transport_options(settings),
         rapidly_settings=settings,
     )
     # The worker imports ``include`` itself before worker_init; importing here as well registers

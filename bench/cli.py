@@ -124,7 +124,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_REDIS,
         help=f"the workers' REDIS_URL, flushed before each run ({DEFAULT_REDIS})",
     )
-    parser.add_argument("--rl-events", type=int, default=None, help="fleet backlog (default 10000)")
+    parser.add_argument("--rl-events", type=int, default=None, help="fleet backlog (default 20000)")
     parser.add_argument(
         "--rl-window",
         type=float,
@@ -163,7 +163,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         EXTRA_ENV[key] = value
     args.events = args.events or (200 if quick else 2000)
     args.rounds = args.rounds or (1 if quick else 2)
-    args.rl_events = args.rl_events or (1000 if quick else 10_000)
+    args.rl_events = args.rl_events or (1000 if quick else 20_000)
     args.floor_events = args.floor_events or (2000 if quick else 20_000)
     args.rl_window = args.rl_window or (20.0 if quick else 60.0)
     args.mem_events = args.mem_events or (20000 if quick else 200_000)

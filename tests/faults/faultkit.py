@@ -352,22 +352,81 @@ def record_diff(body: dict[str, Any], want: dict[str, Any], routing_key: str | N
 
 def confirm_lost(worker: WorkerProcess, event_ids: Iterable[str]) -> list[str]:
     """The ``event_ids`` one of whose deliveries wrote its record and then lost the connection
-    before the broker's confirm came (requeued ``NotPublished``, "publish not confirmed" with a
-    connection error): the worker cannot know whether that record was routed, so it publishes
-    again, and a duplicate is the documented outcome (never a loss)."""
+    before the broker's confirm came: the worker cannot know whether that record was routed, so it
+    publishes again, and a duplicate is the documented outcome (never a loss). The evidence is the
+    delivery's end (requeued ``NotPublished``, "publish not confirmed" with a connection error)
+    or, when a kill cut the delivery short before it ended, the same error on the
+    ``worker.downstream_not_confirming`` line it logged first."""
     wanted = set(event_ids)
     found: set[str] = set()
     for rec in worker.log_records():
         event_id = rec.get("event_id")
-        detail = str(rec.get("detail", ""))
-        if (
-            event_id in wanted
-            and rec.get("event") == "enrich.finished"
-            and rec.get("reason") == "NotPublished"
-            and detail.startswith("publish not confirmed:")
-            and any(kind in detail for kind in ("Connection", "Socket", "Broken pipe", "EOF"))
+        if event_id not in wanted:
+            continue
+        if rec.get("event") == "enrich.finished" and rec.get("reason") == "NotPublished":
+            detail = str(rec.get("detail", ""))
+        elif rec.get("event") == "worker.downstream_not_confirming":
+            detail = str(rec.get("error", ""))
+        else:
+            continue
+        if detail.startswith("publish not confirmed:") and any(
+            kind in detail for kind in ("Connection", "Socket", "Broken pipe", "EOF")
         ):
             found.add(str(event_id))
+    return sorted(found)
+
+
+# How long after a record was built its sent mark can still be unwritten: the broker write and the
+# mark's write are consecutive, but a loaded two-core host can preempt the process between them
+# (17 ms seen).
+KILL_GAP_SECONDS = 0.5
+
+
+def _instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def kill_gap(
+    worker: WorkerProcess,
+    duplicated: dict[str, int],
+    bodies: dict[str, list[dict[str, Any]]],
+    kills: Iterable[datetime],
+) -> list[str]:
+    """The duplicated IDs whose second record a SIGKILL explains (docs/guarantees.md): the worker
+    was killed after writing the first record to the broker and before its mark landed in Redis,
+    so the redelivery published again. Each has exactly one extra record, its first built before
+    a kill and its second after it, and the delivery that built the first never logged its end
+    (``enrich.finished``) before the kill. Its mark was still unwritten: the kill came at most
+    ``KILL_GAP_SECONDS`` after the record was built, or the delivery had logged that the sent
+    mark failed (Redis down) and was still retrying the done mark."""
+    kill_times = sorted(kills)
+    finished: dict[str, list[datetime]] = defaultdict(list)
+    mark_failed: dict[str, list[datetime]] = defaultdict(list)
+    for rec in worker.log_records():
+        if rec.get("event_id") not in duplicated:
+            continue
+        if rec.get("event") == "enrich.finished":
+            finished[str(rec["event_id"])].append(_instant(str(rec["timestamp"])))
+        elif rec.get("event") == "dedupe.mark_sent_failed":
+            mark_failed[str(rec["event_id"])].append(_instant(str(rec["timestamp"])))
+    found = []
+    for event_id, extra in duplicated.items():
+        copies = sorted(_instant(b["enriched_at"]) for b in bodies.get(event_id, []))
+        if extra != 1 or len(copies) != 2:
+            continue
+        first, second = copies
+        for kill in kill_times:
+            if not first <= kill <= second:
+                continue
+            unmarked = (kill - first).total_seconds() <= KILL_GAP_SECONDS or any(
+                first <= failed <= kill for failed in mark_failed[event_id]
+            )
+            if not unmarked:
+                continue
+            if any(first <= end <= kill for end in finished[event_id]):
+                continue
+            found.append(event_id)
+            break
     return sorted(found)
 
 

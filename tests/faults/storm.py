@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ class StormResult:
     # worker waited for a record's confirm, so it could not know the record was routed, and
     # published again. Any other duplicate fails the storm.
     confirm_lost: list[str] = field(default_factory=list)
+    # ... and the other documented kind: a SIGKILL between a record's write to the broker and its
+    # sent mark's write to Redis.
+    kill_gap: list[str] = field(default_factory=list)
+    kill_times: list[datetime] = field(default_factory=list)
     wrong: dict[str, str] = field(default_factory=dict)
     dead_by_reason: dict[str, int] = field(default_factory=dict)
     dead_mismatch: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +145,8 @@ class StormResult:
             f"redis_restarts={self.redis_restarts} 401_window={self.auth_window:.0f}s "
             f"429_windows={self.throttle_windows} "
             f"lost={len(self.lost)} duplicated={sum(self.duplicated.values())} "
-            f"(confirm lost with the connection: {len(self.confirm_lost)}) "
+            f"(confirm lost with the connection: {len(self.confirm_lost)}, "
+            f"kill between the write and the sent mark: {len(self.kill_gap)}) "
             f"wrong_records={len(self.wrong)} "
             f"api_faults=5xx:{faults.get('error', 0)}/non-json:{faults.get('garbage', 0)}/"
             f"stalls:{faults.get('timeout', 0)}/lag-404:{self.sim_stats.get('lagged', 0)}/"
@@ -247,6 +253,7 @@ def run_storm(
             elapsed = time.monotonic() - started
             if action == "kill":
                 worker.kill()
+                result.kill_times.append(datetime.now(UTC))
                 result.kills += 1
                 down = round(rng.uniform(0.0, 2.0), 2)
                 note(f"SIGKILL worker process group #{result.kills} (restart in {down}s)")
@@ -324,6 +331,9 @@ def run_storm(
     result.lost = tally.lost(expected)
     result.duplicated = tally.duplicated()
     result.confirm_lost = faultkit.confirm_lost(worker, result.duplicated)
+    result.kill_gap = faultkit.kill_gap(
+        worker, result.duplicated, tally.record_bodies, result.kill_times
+    )
     result.wrong = tally.wrong_records(expected)
     result.dead_by_reason = tally.dead_by_reason()
     for event_id, reason in bad.items():

@@ -382,10 +382,6 @@ def confirm_lost(worker: WorkerProcess, event_ids: Iterable[str]) -> list[str]:
 KILL_GAP_SECONDS = 0.5
 
 
-def _instant(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def kill_gap(
     worker: WorkerProcess,
     duplicated: dict[str, int],
@@ -399,19 +395,19 @@ def kill_gap(
     (``enrich.finished``) before the kill. Its mark was still unwritten: the kill came at most
     ``KILL_GAP_SECONDS`` after the record was built, or the delivery had logged that the sent
     mark failed (Redis down) and was still retrying the done mark."""
-    kill_times = sorted(kills)
+    kill_times = list(kills)
     finished: dict[str, list[datetime]] = defaultdict(list)
     mark_failed: dict[str, list[datetime]] = defaultdict(list)
     for rec in worker.log_records():
         if rec.get("event_id") not in duplicated:
             continue
         if rec.get("event") == "enrich.finished":
-            finished[str(rec["event_id"])].append(_instant(str(rec["timestamp"])))
+            finished[str(rec["event_id"])].append(datetime.fromisoformat(str(rec["timestamp"])))
         elif rec.get("event") == "dedupe.mark_sent_failed":
-            mark_failed[str(rec["event_id"])].append(_instant(str(rec["timestamp"])))
+            mark_failed[str(rec["event_id"])].append(datetime.fromisoformat(str(rec["timestamp"])))
     found = []
     for event_id, extra in duplicated.items():
-        copies = sorted(_instant(b["enriched_at"]) for b in bodies.get(event_id, []))
+        copies = sorted(datetime.fromisoformat(b["enriched_at"]) for b in bodies.get(event_id, []))
         if extra != 1 or len(copies) != 2:
             continue
         first, second = copies

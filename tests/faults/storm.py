@@ -103,7 +103,6 @@ class StormResult:
     valid: int = 0
     bad: int = 0
     resends: int = 0
-    kills: int = 0
     self_exits: int = 0  # the worker found dead without our SIGKILL (restarted, like a supervisor)
     connection_closes: int = 0
     consumer_reconnects: int = 0  # "Connection to broker lost" lines of the worker's consumer
@@ -119,7 +118,7 @@ class StormResult:
     # ... and the other documented kind: a SIGKILL between a record's write to the broker and its
     # sent mark's write to Redis.
     kill_gap: list[str] = field(default_factory=list)
-    kill_times: list[datetime] = field(default_factory=list)
+    kill_times: list[datetime] = field(default_factory=list)  # one per SIGKILL we sent
     wrong: dict[str, str] = field(default_factory=dict)
     dead_by_reason: dict[str, int] = field(default_factory=dict)
     dead_mismatch: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +132,10 @@ class StormResult:
     log_path: str = ""
     worker: WorkerProcess | None = None
     tally: faultkit.Tally | None = None
+
+    @property
+    def kills(self) -> int:
+        return len(self.kill_times)
 
     def summary_line(self) -> str:
         faults = self.sim_stats.get("faults", {})
@@ -254,7 +257,6 @@ def run_storm(
             if action == "kill":
                 worker.kill()
                 result.kill_times.append(datetime.now(UTC))
-                result.kills += 1
                 down = round(rng.uniform(0.0, 2.0), 2)
                 note(f"SIGKILL worker process group #{result.kills} (restart in {down}s)")
                 time.sleep(down)

@@ -4,7 +4,7 @@ kombu's Redis transport acks each message on a connection of its channel's pool,
 raises instead of waiting when it is full. Under the gevent pool each task greenlet acks its own
 message, so with kombu's default of 10 a burst of finishing tasks fails its acks, the consumer
 restarts, and a message caught between BRPOP and the unacked hash is lost (seen in the
-end-to-end test on Redis, one run in three).
+end-to-end test on Redis, one run in six here).
 """
 
 from __future__ import annotations

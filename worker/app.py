@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
-from worker import _heap, metrics, runtime
+from worker import _heap, _json, metrics, runtime
 from worker.health import consumer_loop, heartbeat_forever
 from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME, topology
 from worker.settings import Settings
@@ -28,6 +28,8 @@ log = structlog.get_logger()
 
 # The thin task adapters, registered by name when a worker starts (no autodiscovery).
 TASK_MODULES = ("tasks.enrich", "tasks.enrich_customer")
+
+_json.install()
 
 app = Celery("rapidly-enrichment", set_as_current=True, include=list(TASK_MODULES))
 app.conf.update(

@@ -43,7 +43,6 @@ budget of 500 events/min that is under 60 MB for 7 days.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -54,6 +53,8 @@ from enum import Enum
 from typing import Any, Protocol
 
 import structlog
+
+from worker._tokens import new_token
 
 log = structlog.get_logger()
 
@@ -80,7 +81,7 @@ class Claim(Enum):
 
 
 def _new_token() -> bytes:
-    return os.urandom(16).hex().encode()  # a uuid4's entropy, without building a UUID
+    return new_token().encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +275,11 @@ class RedisDedupeStore:
         finally:
             if broken:
                 connection.disconnect()
-            pool.release(connection)
+                pool.release(connection)
+            else:
+                # Nothing sent, or the reply read: the next taker may skip the poll for data
+                # left waiting on it (``LeanPool``); a plain pool checks as before.
+                getattr(pool, "release_in_step", pool.release)(connection)
 
     def complete(self, lease: Lease) -> None:
         self._redis.set(self._prefix + lease.key, DONE, ex=self._ttl)

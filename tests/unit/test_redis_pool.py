@@ -161,6 +161,45 @@ def test_only_a_connection_given_back_in_step_skips_the_check(lean: Any) -> None
     assert checked == [1, 1]
 
 
+def test_the_sent_marks_connection_goes_back_in_step_unless_it_broke(lean: Any) -> None:
+    """The sent mark reads its reply, so its connection needs no check for data left waiting;
+    a mark that failed leaves its connection disconnected, and the next taker checks it."""
+    from worker.dedupe import Lease, RedisDedupeStore
+
+    store = RedisDedupeStore(lean, "lean-test", ttl=60, lease=30)
+    pool = lean.connection_pool
+    lease = store.claim("lean:marked")
+    assert isinstance(lease, Lease)
+    with store.sent_marker(lease) as mark:
+        mark()
+    connection = pool.get_connection()
+    checked: list[int] = []
+    check = connection.can_read
+    connection.can_read = lambda *args, **kwargs: checked.append(1) or check(*args, **kwargs)
+    pool.release_in_step(connection)
+    with store.sent_marker(lease) as mark:
+        mark()
+    assert pool.get_connection() is connection
+    assert checked == []  # given back in step: taken again without the check
+    pool.release_in_step(connection)
+    assert store.is_done("lean:marked")
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("gone")
+
+    taken = pool.get_connection()
+    assert taken is connection
+    pool.release_in_step(taken)
+    taken.send_command = refused
+    with pytest.raises(redis.ConnectionError), store.sent_marker(lease) as mark:
+        mark()
+    del taken.send_command
+    assert taken._sock is None  # disconnected
+    assert pool.get_connection() is taken
+    assert checked == [1]  # given back as not in step: the next taker checked it
+    lean.delete("rapidly:lean-test:done:lean:marked")
+
+
 def test_a_taker_blocked_on_a_full_pool_gets_the_next_connection_given_back() -> None:
     from worker._redis import lean_client
 

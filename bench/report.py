@@ -96,6 +96,9 @@ def print_throughput(
         print()
         print(f"Ratio events/s product/naive:      {r['events_per_s_product_over_naive']:.2f}x")
         print(f"Ratio calls/event naive/product:   {r['calls_per_event_naive_over_product']:.2f}x")
+        cpu = r.get("cpu_per_event_naive_over_product")
+        if cpu is not None:
+            print(f"Ratio CPU/event naive/product:     {cpu:.2f}x")
     print()
     if paced:
         print(

@@ -151,3 +151,40 @@ def test_the_floor_row_sits_under_the_comparison_with_its_three_steps() -> None:
     assert [row.split(" ", 2)[1] for row in rows[2:]] == ["compare", "floor", "memory"]
     assert rows[3].startswith("| floor (20,000 messages x 1 rounds per step")
     assert "0.57 / 1.43 / 1.94 (floor steps)" in rows[3]
+
+
+def test_the_comparison_reports_each_ratio_from_the_medians() -> None:
+    import argparse
+
+    from bench.compare import summarize_throughput
+
+    def run(kind: str, eps: float, calls: float, cpu: float) -> dict[str, Any]:
+        return {
+            "worker": kind,
+            "events_per_s": eps,
+            "api_calls_per_event": calls,
+            "latency_p50_ms": 1.0,
+            "latency_p99_ms": 2.0,
+            "peak_rss_mb": 100.0,
+            "rate_limited_429": 0,
+            "worker_cpu_ms_per_event": cpu,
+            "worker_cpu_util": 1.0,
+            "pipeline_cpu_ms_per_event": cpu * 2,
+            "end_to_end_events_per_s": eps,
+        }
+
+    runs = [
+        run("product", 800.0, 0.14, 1.6),
+        run("naive", 32.0, 2.5, 4.8),
+        run("product", 600.0, 0.14, 2.0),
+        run("naive", 30.0, 2.5, 6.0),
+        run("product", 700.0, 0.14, 1.8),
+        run("naive", 31.0, 2.5, 5.4),
+    ]
+    args = argparse.Namespace(latency_ms=20.0, processes=2, concurrency=100)
+    ratios = summarize_throughput(runs, args)["ratios"]
+    assert ratios == {
+        "events_per_s_product_over_naive": round(700.0 / 31.0, 2),
+        "calls_per_event_naive_over_product": round(2.5 / 0.14, 2),
+        "cpu_per_event_naive_over_product": 3.0,
+    }

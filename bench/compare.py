@@ -195,8 +195,8 @@ def summarize_throughput(runs: list[dict[str, Any]], args: argparse.Namespace) -
                 q["api_calls_per_event"] / p["api_calls_per_event"], 2
             ),
         }
-        # Both workers' CPU moves with the host's speed (the same code measured 1.4 and 1.8 ms
-        # per event hours apart); their ratio, measured side by side, moves far less.
+        # Both workers' CPU per event moves with the host's speed; their ratio, measured side
+        # by side, moves far less.
         if p["worker_cpu_ms_per_event"] > 0:
             summary["ratios"]["cpu_per_event_naive_over_product"] = round(
                 q["worker_cpu_ms_per_event"] / p["worker_cpu_ms_per_event"], 2

@@ -7,6 +7,7 @@ costs this wait), polling at growing intervals, then makes the call itself.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 
 import structlog
 
-from worker._tokens import new_token
 from worker.rapidly._cache import EventCache
 from worker.rapidly._ratelimit import RateLimiter
 from worker.rapidly._retry import past_deadline
@@ -70,7 +70,7 @@ class FleetFlights:
         if not self._cache.redis_usable() or getattr(self._limiter, "throttled", False):
             return work()
         flight = self._prefix + key
-        token = new_token()
+        token = os.urandom(16).hex()
         try:
             taken = redis.set(flight, token, nx=True, px=int(seconds * 1000))
         except Exception as exc:  # noqa: BLE001 - not shared this time
@@ -99,7 +99,7 @@ class FleetFlights:
         if not self._sharing():
             yield False
             return
-        mine, token = self._prefix + "counting:" + event_id, new_token()
+        mine, token = self._prefix + "counting:" + event_id, os.urandom(16).hex()
         theirs = [self._prefix + f"{kind}:{a}" for a in ancestors for kind in _COUNTED_BY]
         try:
             pipe = self._cache.redis.pipeline(transaction=False)
@@ -123,7 +123,7 @@ class FleetFlights:
     def listing(self) -> Iterator[None]:
         """Around a list call: the fleet sees it in flight (``await_lists``) until it is over.
         A sorted set of tokens scored by when they expire, so a holder that died is forgotten."""
-        token = new_token() if self._sharing() else None
+        token = os.urandom(16).hex() if self._sharing() else None
         if token is not None:
             now_ms = int(time.time() * 1000)
             try:

@@ -408,3 +408,26 @@ def test_the_verdict_on_a_missing_parent_is_shared_before_its_flight_lands() -> 
     assert store.parent(missing) is None
     assert api.calls["get"] >= 2  # it asked, and asked again through the replica-lag wait
     assert seen_at_landing == [True]
+
+
+class _ReadsCounted(FakeRedis):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> Any:
+        self.reads.append(key)
+        return super().get(key)
+
+
+def test_counting_an_event_reads_its_shared_copy_once() -> None:
+    """An event a window showed with descendants: its shared copy is read once on the way to
+    the listing that counts it, not again at each step of the way (each read is a round trip)."""
+    api, redis = FakeApi(), _ReadsCounted()
+    parent, _ = _family(api)
+    store = _store(api, redis, lambda _: None)
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == 1
+    parent_reads = [key for key in redis.reads if key.endswith(parent["id"])]
+    assert parent_reads == ["rapidly:n:evt:" + parent["id"]]

@@ -116,3 +116,24 @@ def test_amqp_frames_are_read_ahead_and_kept_across_timeouts() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+TREE_CHILD = textwrap.dedent(
+    """
+    from worker._gevent import patch
+    patch()
+    import gevent
+    child = gevent.spawn(lambda: None)
+    child.join()
+    assert child.spawning_stack is None and child.spawning_greenlet is None
+    print("ok")
+    """
+)
+
+
+def test_greenlets_are_spawned_without_the_spawn_tree_bookkeeping() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TREE_CHILD], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

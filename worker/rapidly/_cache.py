@@ -243,16 +243,19 @@ class EventCache:
             return None
         return entry.descendants
 
-    def known_counts(self, event_id: str) -> ChildCounts | None:
-        entry = self.lookup(event_id)
+    def known_counts(self, event_id: str, *, shared: bool = True) -> ChildCounts | None:
+        """The event's counts as far as they are known. ``shared=False``: this process's copy
+        only, for a caller that has just read the shared copy and found nothing (each read is a
+        Redis round trip on the event's path)."""
+        entry = self.lookup(event_id) if shared else self.peek(event_id)
         if entry is None or not self._counted(entry):
             return None
         counts = self._counts_in(entry)
-        if counts is not None:
+        if counts is not None or not shared:
             return counts
-        shared = self._shared_counts(event_id)
-        if shared is not None:
-            return ChildCounts(shared.direct, shared.descendants)  # type: ignore[arg-type]
+        shared_entry = self._shared_counts(event_id)
+        if shared_entry is not None:
+            return ChildCounts(shared_entry.direct, shared_entry.descendants)  # type: ignore[arg-type]
         return None
 
     def _counted(self, entry: Entry) -> bool:

@@ -53,11 +53,12 @@ class Counting:
         self._retry = retry
         self._read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_LISTINGS)
 
-    def resolve_counts(self, event: Event) -> ChildCounts:
+    def resolve_counts(self, event: Event, *, checked: bool = False) -> ChildCounts:
         """The event's own counts when no window answered them: one call for a wide event whose
-        descendants a list response told us, else its children listed."""
+        descendants a list response told us, else its children listed. ``checked``: the caller
+        has just looked in the shared cache, so only this process's copy is looked at again."""
         cache = self._cache
-        known = cache.known_counts(event.id)
+        known = cache.known_counts(event.id, shared=not checked)
         if known is not None:
             return known
         descendants = cache.known_descendants(event.id)
@@ -122,9 +123,9 @@ class Counting:
 
         def list_one(parent: Event) -> None:
             with self._read_ahead_slots:
-                if failed.is_set() or self._cache.known_counts(parent.id) is not None:
+                if failed.is_set():
                     return
-                try:
+                try:  # answered at once, without a call, when the counts are known by now
                     self.resolve_counts(parent)
                 except Exception as exc:  # noqa: BLE001 - an optimisation: enrichment lists them
                     failed.set()

@@ -263,7 +263,9 @@ class EventStore:
             return known
         ancestors = self._counting.nearest_ancestors(event)
         with self._flights.counting(event.id, ancestors):
-            known = self._cache.known_counts(event.id)
+            # The shared copy was read just above; a greenlet of this process that counted the
+            # event meanwhile left its counts in this process's copy.
+            known = self._cache.known_counts(event.id, shared=False)
             if known is not None:
                 return known
             with self._counting.counting(event.id, ancestors) as waited:
@@ -275,13 +277,13 @@ class EventStore:
         if self._cache.known_descendants(event.id) is not None:
             # A window showed it with descendants already (here or in another process): another
             # window cannot tell more, only its children listing can.
-            return self._counting.resolve_counts(event)
+            return self._counting.resolve_counts(event, checked=True)
         if event.parent_id is None:
             if self._windows.root_window > 0 and self._windows.from_root_window(event):
                 return ChildCounts(0, 0)
         elif event.parent_id != event.id and self._windows.from_siblings(event):
             return ChildCounts(0, 0)
-        return self._counting.resolve_counts(event)
+        return self._counting.resolve_counts(event, checked=True)
 
     # --- for producers that page the list endpoint themselves (``rapidly-worker backfill``)
 

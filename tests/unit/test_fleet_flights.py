@@ -127,7 +127,7 @@ def test_a_listing_in_flight_in_another_process_is_waited_for_not_repeated() -> 
     api, redis = FakeApi(), FakeRedis()
     parent, _ = _family(api)
     other = _store(api, redis, lambda _: None)
-    flight = "rapidly:n:flight:children:" + parent["id"]
+    flight = "rapidly:n:flight:subtree:" + parent["id"]
     redis.data[flight] = "another process"
     sleeps: list[float] = []
     store = _store(api, redis, _lands_when_waited_on(redis, flight, other, parent, sleeps))
@@ -142,7 +142,7 @@ def test_a_listing_in_flight_in_another_process_is_waited_for_not_repeated() -> 
 def test_a_flight_whose_holder_died_costs_a_bounded_wait_then_the_call() -> None:
     api, redis = FakeApi(), FakeRedis()
     parent, _ = _family(api)
-    redis.data["rapidly:n:flight:children:" + parent["id"]] = "a process that died"
+    redis.data["rapidly:n:flight:subtree:" + parent["id"]] = "a process that died"
     sleeps: list[float] = []
     store = _store(api, redis, sleeps.append)
     store.prime([(Event.from_api(parent), 1, None)])
@@ -227,7 +227,7 @@ class ThrottledLimiter:
 def test_under_a_throttling_rate_limit_calls_queue_in_the_limiter_not_on_the_fleet() -> None:
     api, redis = FakeApi(), FakeRedis()
     parent, _ = _family(api)
-    redis.data["rapidly:n:flight:children:" + parent["id"]] = "another process"
+    redis.data["rapidly:n:flight:subtree:" + parent["id"]] = "another process"
     sleeps: list[float] = []
     client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
     store = EventStore(
@@ -355,9 +355,9 @@ def test_two_events_of_a_cycle_never_wait_for_each_other() -> None:
     inner: list[ChildCounts] = []
     original = store_a._counting.count_children
 
-    def count_a_while_b_counts(event: Event) -> ChildCounts:
+    def count_a_while_b_counts(event: Event, *, shared: bool = False) -> ChildCounts:
         inner.append(store_b.child_counts(Event.from_api(b)))  # b starts while a is counted
-        return original(event)
+        return original(event, shared=shared)
 
     store_a._counting.count_children = count_a_while_b_counts  # type: ignore[method-assign]
     store_a.prime([(Event.from_api(b), 2, None)])
@@ -431,3 +431,36 @@ def test_counting_an_event_reads_its_shared_copy_once() -> None:
     assert sum(api.calls.values()) == 1
     parent_reads = [key for key in redis.reads if key.endswith(parent["id"])]
     assert parent_reads == ["rapidly:n:evt:" + parent["id"]]
+
+
+class _FlightsCounted(FakeRedis):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flights: list[str] = []
+
+    def set(
+        self, key: str, value: Any, ex: int | None = None, nx: bool = False, px: int | None = None
+    ) -> bool:
+        if nx and ":flight:" in key:
+            self.flights.append(key.split(":flight:", 1)[1])
+        return super().set(key, value, ex=ex, nx=nx, px=px)
+
+
+def test_one_listing_holds_one_flight() -> None:
+    """Counting an event that fits a page takes its subtree listing's flight only, and a wide
+    one its children listing's: each flight is a Redis round trip to take and one to land."""
+    api, redis = FakeApi(), _FlightsCounted()
+    parent, _ = _family(api)
+    store = _store(api, redis, lambda _: None)
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert [f for f in redis.flights if not f.startswith("counting:")] == [
+        "subtree:" + parent["id"]
+    ]
+    wide = make_event(new_id())
+    api.add(wide, *[make_event(new_id(), wide["id"]) for _ in range(3)])
+    store.prime([(Event.from_api(wide), 3, None)])
+    store._cache.mark_wide(wide["id"], store._cache.clock())
+    redis.flights.clear()
+    assert store.child_counts(Event.from_api(wide)) == ChildCounts(3, 3)
+    assert [f for f in redis.flights if not f.startswith("counting:")] == ["children:" + wide["id"]]

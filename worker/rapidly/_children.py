@@ -72,12 +72,7 @@ class Counting:
                 ),
             )
         return self._flights.collapse(
-            f"children:{event.id}",
-            lambda: self._fleet.share(
-                f"children:{event.id}",
-                lambda: self.count_children(event),
-                lambda: cache.counts_landed(event.id),
-            ),
+            f"children:{event.id}", lambda: self.count_children(event, shared=True)
         )
 
     def nearest_ancestors(self, event: Event) -> list[str]:
@@ -137,17 +132,26 @@ class Counting:
         for thread in threads:
             thread.join()
 
-    def count_children(self, event: Event) -> ChildCounts:
+    def count_children(self, event: Event, *, shared: bool = False) -> ChildCounts:
         """``event``'s own counts listed now: its subtree in one call when it fits a page
-        (``_subtree``), else its direct children page by page. Everything listed is cached."""
-        descendants = self._cache.known_descendants(event.id)
-        wide = self._cache.known_wide(event.id) or (descendants or 0) > LIST_PAGE_SIZE
+        (``_subtree``), else its direct children page by page. Everything listed is cached.
+        ``shared``: the children listing too is one call in flight across the fleet (the subtree
+        listing always is, under its own key: one flight per call, not one inside another)."""
+        cache = self._cache
+        descendants = cache.known_descendants(event.id)
+        wide = cache.known_wide(event.id) or (descendants or 0) > LIST_PAGE_SIZE
         if not wide:
             # Known wider than a page, the subtree page cannot hold it: only the children can.
             counts = self.subtree(event)
             if counts is not None:
                 return counts
-        return self._list_direct_children(event)
+        if not shared:
+            return self._list_direct_children(event)
+        return self._fleet.share(
+            f"children:{event.id}",
+            lambda: self._list_direct_children(event),
+            lambda: cache.counts_landed(event.id),
+        )
 
     def _list_subtree(self, event: Event) -> ChildCounts | None:
         cache = self._cache

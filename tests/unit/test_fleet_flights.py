@@ -464,3 +464,27 @@ def test_one_listing_holds_one_flight() -> None:
     redis.flights.clear()
     assert store.child_counts(Event.from_api(wide)) == ChildCounts(3, 3)
     assert [f for f in redis.flights if not f.startswith("counting:")] == ["children:" + wide["id"]]
+
+
+class _ListingsCounted(FakeRedis):
+    def __init__(self) -> None:
+        super().__init__()
+        self.registered = 0
+
+    def zadd(self, key: str, mapping: dict[str, float]) -> int:
+        self.registered += 1
+        return super().zadd(key, mapping)
+
+
+def test_a_listing_is_registered_with_the_fleet_once() -> None:
+    """Counting an event through its subtree listing is one listing for the fleet to see
+    (``await_lists``), registered once although two local flights lead to it, and gone
+    after."""
+    api, redis = FakeApi(), _ListingsCounted()
+    parent, _ = _family(api)
+    store = _store(api, redis, lambda _: None)
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == 1
+    assert redis.registered == 1
+    assert redis.data["rapidly:n:lists"] == {}

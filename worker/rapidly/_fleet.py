@@ -7,6 +7,7 @@ costs this wait), polling at growing intervals, then makes the call itself.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ FLIGHT_POLL_FIRST_SECONDS = 0.005
 FLIGHT_POLL_MAX_SECONDS = 0.05
 # What an ancestor is doing elsewhere when its listing may tell a descendant's counts.
 _COUNTED_BY = ("subtree", "counting")
+# Whether this greenlet is inside a listing the fleet sees already (``listing``).
+_listing: contextvars.ContextVar[bool] = contextvars.ContextVar("fleet_listing", default=False)
 _LAND_OWN = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -122,7 +125,21 @@ class FleetFlights:
     @contextmanager
     def listing(self) -> Iterator[None]:
         """Around a list call: the fleet sees it in flight (``await_lists``) until it is over.
-        A sorted set of tokens scored by when they expire, so a holder that died is forgotten."""
+        A sorted set of tokens scored by when they expire, so a holder that died is forgotten.
+        Once per greenlet: a listing inside another (an event's children counted through its
+        subtree listing) is already seen, and each registration costs two round trips."""
+        if _listing.get():
+            yield
+            return
+        entered = _listing.set(True)
+        try:
+            with self._registered():
+                yield
+        finally:
+            _listing.reset(entered)
+
+    @contextmanager
+    def _registered(self) -> Iterator[None]:
         token = os.urandom(16).hex() if self._sharing() else None
         if token is not None:
             now_ms = int(time.time() * 1000)

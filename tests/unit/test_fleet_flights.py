@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
 from tests.unit.fakeapi import BASE, TOKEN, FakeApi, make_event, new_id
 from worker.rapidly import ChildCounts, EventStore, RapidlyClient, RetryPolicy
 from worker.rapidly._fleet import FLIGHT_SECONDS
 from worker.rapidly._models import Event
+from worker.rapidly._ratelimit import RECHECK_AFTER_SECONDS, DispatchingLimiter
 
 
 class FakeRedis:
@@ -488,3 +491,41 @@ def test_a_listing_is_registered_with_the_fleet_once() -> None:
     assert sum(api.calls.values()) == 1
     assert redis.registered == 1
     assert redis.data["rapidly:n:lists"] == {}
+
+
+class _SlowSlots:
+    """A budget whose slots take a few milliseconds to come (past the limiter's re-check
+    threshold); ``wait`` is what it reports as its own wait (throttled when large)."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    def acquire(self) -> float:
+        time.sleep(RECHECK_AFTER_SECONDS * 2)
+        return self.wait
+
+    def penalize(self, seconds: float) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("budget_wait", "reads"), [(0.0, 1), (1.0, 2)])
+def test_a_slot_coming_due_reads_the_shared_copy_only_under_a_binding_budget(
+    budget_wait: float, reads: int
+) -> None:
+    """The re-check when the listing's slot comes due: without a binding budget the fleet
+    flight kept other processes from answering, so only this process's copy is looked at;
+    under one, calls are not shared through flights and the shared copy is read again."""
+    api, redis = FakeApi(), _ReadsCounted()
+    parent, _ = _family(api)
+    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
+    store = EventStore(
+        client,
+        policy=RetryPolicy(sleep=lambda _: None),
+        limiter=DispatchingLimiter(_SlowSlots(budget_wait)),
+        redis=redis,
+        redis_namespace="n",
+    )
+    store.prime([(Event.from_api(parent), 1, None)])
+    assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
+    assert sum(api.calls.values()) == 1
+    assert sum(key.endswith(parent["id"]) for key in redis.reads) == reads

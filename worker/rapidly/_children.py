@@ -174,15 +174,19 @@ class Counting:
         """The first page of a listing of ``event``'s family, or its counts when another
         listing told them while this one waited for its slot."""
         cache = self._cache
+
+        def still_needed() -> bool:
+            # Asked when the slot comes due. Under a binding budget calls are not shared through
+            # fleet flights, so another process's answer may be in the shared copy by then;
+            # otherwise the fleet flight around this listing kept the others from making it, and
+            # only a greenlet of this process can have answered meanwhile: no Redis read.
+            shared = bool(getattr(self._limiter, "throttled", False))
+            return cache.known_counts(event.id, shared=shared) is None
+
         while True:
             try:
                 return self._retry(
-                    lambda: when_needed(
-                        self._limiter,
-                        lambda: cache.known_counts(event.id) is None,
-                        call,
-                        priority=True,
-                    )
+                    lambda: when_needed(self._limiter, still_needed, call, priority=True)
                 )
             except NoLongerNeeded:
                 known = cache.known_counts(event.id)  # listed meanwhile (a sibling's listing)

@@ -16,6 +16,10 @@ stack (ten frames, line numbers included): the worker spawns one per task, so th
 paid on every event and read by nothing here. ``patch`` turns it off; ``kill -USR1`` still prints
 every greenlet's own stack.
 
+``wait_for`` waits on a ``threading.Event`` (gevent's, once patched) without the one path of
+gevent's ``wait`` that has no timer: waiting on an event already set whose waiters the hub has
+yet to wake. Everything that waits on an event in the event store goes through it.
+
 py-amqp reads each frame in three ``recv`` calls of exactly the bytes it needs (header, payload,
 end octet), so a delivery (three frames) costs nine syscalls, each through gevent's socket
 wrapper. Its plain-TCP transport here asks for up to ``AMQP_READ_AHEAD`` bytes instead and keeps
@@ -68,6 +72,25 @@ def patch() -> None:
     _send_small_writes_at_once()
     _read_amqp_ahead()
     _dump_greenlets_on_sigusr1()
+
+
+# An untimed ``wait_for`` looks at its event again this often.
+WAKE_UP_CHECK_SECONDS = 1.0
+
+
+def wait_for(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)`` without gevent's one unguarded path. gevent's ``wait`` on an
+    event that is already set, while the hub has yet to run the callback that wakes its waiters,
+    parks the caller in that callback's list with no timer, whatever ``timeout`` says; a worker
+    process was seen with 25 tasks parked there for good (the event set, their timeouts long
+    past, nothing left to wake them). A set event is never waited on here, and an untimed wait
+    looks at its event again every ``WAKE_UP_CHECK_SECONDS``: each ``wait`` made is a timed one
+    on an event that was not set, which gevent's timer ends if no wake-up comes."""
+    if timeout is not None:
+        return event.is_set() or event.wait(timeout)
+    while not event.is_set():
+        event.wait(WAKE_UP_CHECK_SECONDS)
+    return True
 
 
 def bounded_semaphore(value: int) -> Any:

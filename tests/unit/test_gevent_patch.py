@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 CHILD = textwrap.dedent(
     """
     from worker._gevent import patch
@@ -137,3 +139,47 @@ def test_greenlets_are_spawned_without_the_spawn_tree_bookkeeping() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+WAIT_CHILD = textwrap.dedent(
+    """
+    from worker._gevent import patch, wait_for
+    patch()
+    import sys, threading, gevent
+
+    plain = sys.argv[1] == "plain"
+    wait = (lambda event, timeout: event.wait(timeout)) if plain else wait_for
+    order = []
+    event = threading.Event()
+    linked = gevent.spawn(lambda: (event.wait(), order.append("linked")))
+    gevent.sleep(0)  # the other greenlet waits: set() must wake it through the hub
+    event.set()  # the wake-up is scheduled, not run yet
+    assert wait(event, 5.0) is True
+    order.append("caller")
+    linked.join()
+
+    later = threading.Event()
+    gevent.spawn_later(0.05, later.set)
+    assert wait_for(later) is True  # untimed: returns once set
+    assert wait_for(threading.Event(), 0.01) is False
+    print(",".join(order))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "order"), [("wait_for", "caller,linked"), ("plain", "linked,caller")]
+)
+def test_wait_for_does_not_park_on_an_event_already_set(how: str, order: str) -> None:
+    """gevent's own ``wait`` on a set event whose waiters the hub has yet to wake parks the
+    caller behind them, with no timer (a lost wake-up there is a task stuck for good);
+    ``wait_for`` returns at once."""
+    done = subprocess.run(
+        [sys.executable, "-c", WAIT_CHILD, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == order

@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from worker._gevent import wait_for
+
 T = TypeVar("T")
 
 ARRIVED_FORGET_SECONDS = 60.0  # an event taken up this long ago failed on the way
@@ -53,7 +55,7 @@ class Flights:
             if flight is None:
                 flight = self._flights[key] = _Flight()
         if not leader:
-            flight.done.wait()
+            wait_for(flight.done)
             if flight.error is not None:
                 raise flight.error
             return flight.result  # type: ignore[no-any-return]
@@ -78,14 +80,14 @@ class Flights:
         with self._lock:
             waiting = [f for key, f in self._flights.items() if not key.startswith("get:")]
         for flight in waiting:
-            flight.done.wait()
+            wait_for(flight.done)
         return bool(waiting)
 
     def await_flight(self, key: str) -> bool:
         with self._lock:
             flight = self._flights.get(key)
         if flight is not None:
-            flight.done.wait()
+            wait_for(flight.done)
         return flight is not None
 
     @contextmanager
@@ -103,7 +105,7 @@ class Flights:
                 (self._counting[k] for k in (event_id, *ancestors) if k in self._counting), None
             )
         if busy is not None:
-            busy.wait()
+            wait_for(busy)
         with self._lock:
             mine = None if event_id in self._counting else threading.Event()
             if mine is not None:
@@ -144,8 +146,8 @@ class Flights:
                 self._take_up(event_id, brought=False)
         for taken in before:
             remaining = taken.at + gate_seconds - time.monotonic()
-            if remaining > 0:  # gevent's wait(0) was seen to never return
-                taken.done.wait(remaining)
+            if remaining > 0:
+                wait_for(taken.done, remaining)
         return bool(before)
 
     def taken_up(self, event_id: str, *, brought: bool) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
+from worker._gevent import wait_for
 from worker.errors import NoLongerNeeded
 from worker.settings import RateLimit
 
@@ -180,7 +181,7 @@ class DispatchingLimiter:
             self._pumping = True
         if start:
             threading.Thread(target=self._pump, daemon=True, name="ratelimit-pump").start()
-        waiter.ready.wait()
+        wait_for(waiter.ready)
         waited = time.monotonic() - waiter.queued_at
         if self._observe is not None:
             self._observe(waited)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from worker._gevent import wait_for
 from worker.errors import (
     ApiUnavailable,
     CustomerEventNotFound,
@@ -161,7 +162,7 @@ class EventStore:
         if entry is None and before is not None:
             remaining = started + PREDECESSOR_WAIT_SECONDS - time.monotonic()
             if remaining > 0:
-                before.wait(remaining)
+                wait_for(before, remaining)
                 entry = self._cache.lookup(event_id)
         since = started
         while entry is None and time.monotonic() - started < ENTRY_WAIT_SECONDS:

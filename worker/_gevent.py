@@ -71,7 +71,7 @@ def patch() -> None:
     hiredis_parser._socket_can_read = socket_can_read
     _send_small_writes_at_once()
     _read_amqp_ahead()
-    _dump_greenlets_on_sigusr1()
+    dump_greenlets_on_sigusr1()
 
 
 # An untimed ``wait_for`` looks at its event again this often.
@@ -161,13 +161,14 @@ def _read_ahead(
     return result  # type: ignore[no-any-return]
 
 
-def _dump_greenlets_on_sigusr1() -> None:
+def dump_greenlets_on_sigusr1() -> None:
     """``kill -USR1 <pid>`` prints every greenlet's stack to stderr: what a stuck worker is
-    waiting on."""
+    waiting on. Celery puts its own SIGUSR1 handler in place as the worker starts (the stacks of
+    the threads, of which gevent leaves one), so ``worker.app`` calls this again once the
+    consumer is ready."""
     import signal  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    import gevent  # noqa: PLC0415
     from gevent import util  # noqa: PLC0415
 
-    gevent.signal_handler(signal.SIGUSR1, lambda: util.print_run_info(file=sys.stderr))
+    signal.signal(signal.SIGUSR1, lambda *_: util.print_run_info(file=sys.stderr))

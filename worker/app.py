@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
-from worker import _heap, _json, metrics, runtime
+from worker import _gevent, _heap, _json, metrics, runtime
 from worker.health import consumer_loop, heartbeat_forever
 from worker.publishing import EVENTS_QUEUE, EVENTS_QUEUE_NAME, topology
 from worker.settings import Settings
@@ -158,6 +158,10 @@ def _ready(**_: Any) -> None:
     rt = runtime.current()
     rt.health.beat(broker_connected=True)
     _heap.settle()
+    from gevent import monkey  # noqa: PLC0415 - only asks whether the pool patched
+
+    if monkey.is_module_patched("threading"):
+        _gevent.dump_greenlets_on_sigusr1()  # Celery's own handler replaced it at start
     log.info("worker.consumer_ready")
 
 

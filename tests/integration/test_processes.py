@@ -197,3 +197,20 @@ def test_several_worker_lines_share_one_metrics_port(
         assert worker.alive()
         finished = [r for r in worker.log_records() if r.get("event") == "enrich.finished"]
         assert finished, f"a worker line consumed nothing:\n{worker.log_text()[-2000:]}"
+
+
+def test_sigusr1_prints_every_greenlets_stack(amqp_url: str, start_worker: Any) -> None:
+    """The README's promise for a stuck worker: ``kill -USR1`` prints the greenlets' stacks
+    (Celery's own SIGUSR1 handler, which the worker replaces once ready, prints only the
+    threads')."""
+    worker = start_worker(amqp_url, wrapper=("taskset", "-c", "0"), WORKER_PROCESSES="1")
+    wait_for_lines(worker, "worker.consumer_ready", 1)
+    os.kill(worker.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while "* Greenlets" not in worker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = worker.log_text()
+    assert "* Greenlets" in text, text[-3000:]
+    greenlets = text[text.index("* Greenlets") :]
+    assert "worker_main" in greenlets, greenlets[:3000]  # the main greenlet's stack
+    assert worker.alive()

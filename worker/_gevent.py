@@ -93,13 +93,17 @@ def wait_for(event: threading.Event, timeout: float | None = None) -> bool:
     return True
 
 
+def _patched() -> bool:
+    from gevent import monkey  # noqa: PLC0415 - only asks whether patch() ran
+
+    return bool(monkey.is_module_patched("threading"))
+
+
 def bounded_semaphore(value: int) -> Any:
     """``threading.BoundedSemaphore(value)``, or gevent's when threading is monkey-patched: the
     same behaviour, but one compiled call instead of a Python ``Condition`` over patched locks
     (taken twice per published record, it showed in profiles)."""
-    from gevent import monkey  # noqa: PLC0415 - only asks whether patch() ran
-
-    if monkey.is_module_patched("threading"):
+    if _patched():
         from gevent.lock import BoundedSemaphore  # noqa: PLC0415
 
         return BoundedSemaphore(value)
@@ -165,7 +169,9 @@ def dump_greenlets_on_sigusr1() -> None:
     """``kill -USR1 <pid>`` prints every greenlet's stack to stderr: what a stuck worker is
     waiting on. Celery puts its own SIGUSR1 handler in place as the worker starts (the stacks of
     the threads, of which gevent leaves one), so ``worker.app`` calls this again once the
-    consumer is ready."""
+    consumer is ready. Nothing without gevent's patching (the solo pool in tests)."""
+    if not _patched():
+        return
     import signal  # noqa: PLC0415
     import sys  # noqa: PLC0415
 

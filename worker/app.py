@@ -158,10 +158,7 @@ def _ready(**_: Any) -> None:
     rt = runtime.current()
     rt.health.beat(broker_connected=True)
     _heap.settle()
-    from gevent import monkey  # noqa: PLC0415 - only asks whether the pool patched
-
-    if monkey.is_module_patched("threading"):
-        _gevent.dump_greenlets_on_sigusr1()  # Celery's own handler replaced it at start
+    _gevent.dump_greenlets_on_sigusr1()  # Celery's own handler replaced it at start
     log.info("worker.consumer_ready")
 
 

@@ -90,10 +90,12 @@ class _Pipeline:
         return [command() for command in self._queued]
 
 
-def _store(api: FakeApi, redis: FakeRedis, sleep: Callable[[float], None]) -> EventStore:
+def _store(
+    api: FakeApi, redis: FakeRedis, sleep: Callable[[float], None], limiter: Any = None
+) -> EventStore:
     client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
     policy = RetryPolicy(sleep=sleep)
-    return EventStore(client, policy=policy, redis=redis, redis_namespace="n")
+    return EventStore(client, policy=policy, limiter=limiter, redis=redis, redis_namespace="n")
 
 
 def _family(api: FakeApi) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,14 +234,7 @@ def test_under_a_throttling_rate_limit_calls_queue_in_the_limiter_not_on_the_fle
     parent, _ = _family(api)
     redis.data["rapidly:n:flight:subtree:" + parent["id"]] = "another process"
     sleeps: list[float] = []
-    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
-    store = EventStore(
-        client,
-        policy=RetryPolicy(sleep=sleeps.append),
-        limiter=ThrottledLimiter(),
-        redis=redis,
-        redis_namespace="n",
-    )
+    store = _store(api, redis, sleeps.append, ThrottledLimiter())
     store.prime([(Event.from_api(parent), 1, None)])
     assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
     assert sleeps == [] and redis.polls == 0  # no wait on the other process's flight
@@ -517,14 +512,7 @@ def test_a_slot_coming_due_reads_the_shared_copy_only_under_a_binding_budget(
     under one, calls are not shared through flights and the shared copy is read again."""
     api, redis = FakeApi(), _ReadsCounted()
     parent, _ = _family(api)
-    client = RapidlyClient(BASE, SecretStr(TOKEN), transport=api.transport())
-    store = EventStore(
-        client,
-        policy=RetryPolicy(sleep=lambda _: None),
-        limiter=DispatchingLimiter(_SlowSlots(budget_wait)),
-        redis=redis,
-        redis_namespace="n",
-    )
+    store = _store(api, redis, lambda _: None, DispatchingLimiter(_SlowSlots(budget_wait)))
     store.prime([(Event.from_api(parent), 1, None)])
     assert store.child_counts(Event.from_api(parent)) == ChildCounts(1, 1)
     assert sum(api.calls.values()) == 1

@@ -11,6 +11,21 @@ import textwrap
 
 import pytest
 
+
+def run_child(script: str, *args: str) -> str:
+    """``script`` run by a fresh interpreter (``patch`` must come before anything imports
+    sockets): what it printed; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 CHILD = textwrap.dedent(
     """
     from worker._gevent import patch
@@ -59,11 +74,7 @@ CHILD = textwrap.dedent(
 
 
 def test_sendall_sends_small_and_large_writes_whole_and_leaves_subclasses_alone() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_child(CHILD) == "ok"
 
 
 AMQP_CHILD = textwrap.dedent(
@@ -113,11 +124,7 @@ AMQP_CHILD = textwrap.dedent(
 
 
 def test_amqp_frames_are_read_ahead_and_kept_across_timeouts() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", AMQP_CHILD], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_child(AMQP_CHILD) == "ok"
 
 
 TREE_CHILD = textwrap.dedent(
@@ -134,11 +141,7 @@ TREE_CHILD = textwrap.dedent(
 
 
 def test_greenlets_are_spawned_without_the_spawn_tree_bookkeeping() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", TREE_CHILD], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_child(TREE_CHILD) == "ok"
 
 
 WAIT_CHILD = textwrap.dedent(
@@ -174,12 +177,4 @@ def test_wait_for_does_not_park_on_an_event_already_set(how: str, order: str) ->
     """gevent's own ``wait`` on a set event whose waiters the hub has yet to wake parks the
     caller behind them, with no timer (a lost wake-up there is a task stuck for good);
     ``wait_for`` returns at once."""
-    done = subprocess.run(
-        [sys.executable, "-c", WAIT_CHILD, how],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == order
+    assert run_child(WAIT_CHILD, how) == order

@@ -53,12 +53,12 @@ class Counting:
         self._retry = retry
         self._read_ahead_slots = threading.BoundedSemaphore(READ_AHEAD_LISTINGS)
 
-    def resolve_counts(self, event: Event, *, checked: bool = False) -> ChildCounts:
+    def resolve_counts(self, event: Event, *, shared: bool = True) -> ChildCounts:
         """The event's own counts when no window answered them: one call for a wide event whose
-        descendants a list response told us, else its children listed. ``checked``: the caller
-        has just looked in the shared cache, so only this process's copy is looked at again."""
+        descendants a list response told us, else its children listed. ``shared=False``: the
+        caller has just looked in the shared copy (``EventCache.known_counts``)."""
         cache = self._cache
-        known = cache.known_counts(event.id, shared=not checked)
+        known = cache.known_counts(event.id, shared=shared)
         if known is not None:
             return known
         descendants = cache.known_descendants(event.id)

@@ -278,13 +278,13 @@ class EventStore:
         if self._cache.known_descendants(event.id) is not None:
             # A window showed it with descendants already (here or in another process): another
             # window cannot tell more, only its children listing can.
-            return self._counting.resolve_counts(event, checked=True)
+            return self._counting.resolve_counts(event, shared=False)
         if event.parent_id is None:
             if self._windows.root_window > 0 and self._windows.from_root_window(event):
                 return ChildCounts(0, 0)
         elif event.parent_id != event.id and self._windows.from_siblings(event):
             return ChildCounts(0, 0)
-        return self._counting.resolve_counts(event, checked=True)
+        return self._counting.resolve_counts(event, shared=False)
 
     # --- for producers that page the list endpoint themselves (``rapidly-worker backfill``)
 

@@ -82,12 +82,14 @@ def _boot(**_: Any) -> None:
     from worker.runtime import redis_client  # noqa: PLC0415
 
     app.tasks["events.enrich"].backend = app.backend  # as the product's worker_init does
-    if STEP != "celery":
-        _publisher = RecordPublisher(BROKER_URL)
     if STEP == "dedupe":
         concurrency = int(app.conf.worker_concurrency or 100)
         _dedupe = RedisDedupeStore(
             redis_client(REDIS_URL, concurrency), "floor", ttl=3600, lease=60
+        )
+    if STEP != "celery":
+        _publisher = RecordPublisher(
+            BROKER_URL, sent_marks=None if _dedupe is None else _dedupe.sent_marks
         )
 
 
@@ -105,8 +107,7 @@ def enrich(self: Any, event_id: str) -> str:
     lease, _ = _dedupe.claim_reading(event_id, "rapidly:floor:evt:" + event_id)
     if not _dedupe.confirm(lease):
         return "busy"
-    with _dedupe.sent_marker(lease) as mark:
-        _publisher.publish(record, on_sent=mark)
+    _publisher.publish(record, mark=lease)
     return "published"
 
 

@@ -47,7 +47,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -106,7 +106,7 @@ class DedupeStore(Protocol):
     def claim(self, key: str) -> Lease | Claim: ...
     def confirm(self, lease: Lease) -> bool: ...
     def mark_sent(self, lease: Lease) -> None: ...
-    def sent_marker(self, lease: Lease) -> AbstractContextManager[Callable[[], None]]: ...
+    def sent_marks(self) -> AbstractContextManager[Callable[[Sequence[Lease]], list[bool]]]: ...
     def complete(self, lease: Lease) -> None: ...
     def release(self, lease: Lease) -> None: ...
 
@@ -161,8 +161,22 @@ class LocalDedupeStore:
             self._set(lease.key, lease.sent_value, self._ttl)
 
     @contextmanager
-    def sent_marker(self, lease: Lease) -> Iterator[Callable[[], None]]:
-        yield lambda: self.mark_sent(lease)
+    def sent_marks(self) -> Iterator[Callable[[Sequence[Lease]], list[bool]]]:
+        def mark(leases: Sequence[Lease]) -> list[bool]:
+            landed = []
+            for lease in leases:
+                try:
+                    self.mark_sent(lease)
+                except Exception as exc:  # noqa: BLE001 - reported; the caller's done mark decides
+                    log.warning(
+                        "dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__
+                    )
+                    landed.append(False)
+                else:
+                    landed.append(True)
+            return landed
+
+        yield mark
 
     def complete(self, lease: Lease) -> None:
         with self._lock:
@@ -248,26 +262,37 @@ class RedisDedupeStore:
         self._redis.set(self._prefix + lease.key, lease.sent_value, ex=self._ttl)
 
     @contextmanager
-    def sent_marker(self, lease: Lease) -> Iterator[Callable[[], None]]:
-        """A connection taken from the pool *before* the record goes to the broker, so that the
-        mark is written right after it with no switch to another greenlet in between (taking a
-        pooled connection polls its socket, which under gevent yields: the fault suite saw
-        duplicates from kills in that gap)."""
+    def sent_marks(self) -> Iterator[Callable[[Sequence[Lease]], list[bool]]]:
+        """A connection taken from the pool *before* the records go to the broker, so that their
+        marks are written right after them, all in one write, with no switch to another greenlet
+        in between (taking a pooled connection polls its socket, which under gevent yields: the
+        fault suite saw duplicates from kills in that gap). ``mark(leases)`` says which landed;
+        a failure is logged (``dedupe.mark_sent_failed``) and left to the caller's done mark."""
         pool = self._redis.connection_pool
         connection = pool.get_connection()
-        key = self._prefix + lease.key
         broken = False
 
-        def mark() -> None:
+        def mark(leases: Sequence[Lease]) -> list[bool]:
             nonlocal broken
+            if not leases:
+                return []
+            commands = [
+                ("SET", self._prefix + lease.key, lease.sent_value, "EX", self._ttl)
+                for lease in leases
+            ]
             try:
-                connection.send_command(
-                    "SET", key, lease.sent_value, "EX", self._ttl, check_health=False
+                connection.send_packed_command(
+                    connection.pack_commands(commands), check_health=False
                 )
-                connection.read_response()
-            except BaseException:
+                replies = [connection.read_response() for _ in commands]
+            except Exception as exc:  # noqa: BLE001 - reported per lease, the caller decides
                 broken = True
-                raise
+                for lease in leases:
+                    log.warning(
+                        "dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__
+                    )
+                return [False] * len(leases)
+            return [reply is True or reply in (b"OK", "OK") for reply in replies]
 
         try:
             yield mark
@@ -276,7 +301,7 @@ class RedisDedupeStore:
                 connection.disconnect()
                 pool.release(connection)
             else:
-                # Nothing sent, or the reply read: the next taker may skip the poll for data
+                # Nothing sent, or every reply read: the next taker may skip the poll for data
                 # left waiting on it (``LeanPool``); a plain pool checks as before.
                 getattr(pool, "release_in_step", pool.release)(connection)
 

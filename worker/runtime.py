@@ -158,6 +158,7 @@ class Runtime:
             pool_size=max(4, min(64, settings.worker_concurrency // 4)),
             observer=_downstream_observer(health),
             queues=queues,
+            sent_marks=dedupe.sent_marks,
         )
         dead_letters = DeadLetterPublisher(
             settings.broker_url, timeout=settings.publish_timeout_seconds, queues=queues

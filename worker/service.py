@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -103,7 +103,6 @@ class EnrichmentService:
         lease = self._lease(event_id)
         if lease is None:
             return Outcome(Outcome.DUPLICATE)
-        marked: list[bool] = []
         try:
             record = enrich_event(event_id, self._store, max_depth=self._max_depth)
             # Still ours, and the store reachable, right before the broker sees the record: a
@@ -113,11 +112,8 @@ class EnrichmentService:
                 if self._dedupe_call(self._dedupe.is_done, event_id):
                     return Outcome(Outcome.DUPLICATE, record)
                 raise LeaseBusy(event_id, 0.0)
-            with ExitStack() as stack:
-                mark = self._dedupe_call(stack.enter_context, self._dedupe.sent_marker(lease))
-                self._publisher.publish(
-                    record, on_sent=lambda: marked.append(self._mark_sent(mark, lease))
-                )
+            # The sent mark is written right after the record, by the publisher.
+            marked = self._publisher.publish(record, mark=lease)
         except PublishError as exc:
             # Published means confirmed (basic.ack). Anything else (nacked, channel closed by the
             # broker, connection lost, confirm timed out) undoes the sent mark, so that the
@@ -130,7 +126,7 @@ class EnrichmentService:
         except BaseException:
             self._release_quietly(lease)
             raise
-        if not all(marked):
+        if not marked:
             self._complete(lease)  # the sent mark did not land: the done mark must
         if self._on_published is not None:
             self._on_published(record)
@@ -164,16 +160,6 @@ class EnrichmentService:
         # The summary line (enrich.finished) then names the event as well as the customer.
         structlog.contextvars.bind_contextvars(event_id=event.id)
         return self.process(event.id)
-
-    def _mark_sent(self, mark: Callable[[], None], lease: Lease) -> bool:
-        """The sent mark already means "published" to every reader: once it landed, no further
-        write is needed after the confirm."""
-        try:
-            mark()
-        except Exception as exc:  # noqa: BLE001 - _complete retries and decides
-            log.warning("dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__)
-            return False
-        return True
 
     def _complete(self, lease: Lease) -> None:
         """The record is confirmed: the done mark must land, or a redelivery republishes."""

@@ -146,12 +146,14 @@ class FakePublisher:
         self.published: list[EnrichedRecord] = []
         self.state_when_sent: list[bool] = []
 
-    def publish(self, record: EnrichedRecord, *, on_sent: Any) -> None:
+    def publish(self, record: EnrichedRecord, *, mark: Any) -> bool:
+        """As RecordPublisher: the sent mark right after the record is written."""
         if self.fail == "before":
             raise PublishError("connection refused", sent=False)
         if self.fail == "unpublishable":
             raise PublishError("struct.error: routing key too long", sent=False, unpublishable=True)
-        on_sent()
+        with self.dedupe.sent_marks() as marks:
+            (marked,) = marks([mark])
         self.state_when_sent.append(self.dedupe.is_done(record.event_id))
         if self.fail == "confirm":
             raise PublishError("connection closed while waiting for the confirm", sent=True)
@@ -160,6 +162,7 @@ class FakePublisher:
         if self.fail == "nack":
             raise PublishError("the broker refused (nacked) the message", sent=True, nacked=True)
         self.published.append(record)
+        return bool(marked)
 
 
 def service_for(store: EventStore, dedupe: Any, publisher: Any) -> EnrichmentService:
@@ -273,16 +276,17 @@ def test_store_down_before_publish_publishes_nothing(api: FakeApi, store: EventS
     assert publisher.published == []
 
 
-def test_sent_marker_writes_the_sent_mark(store_pair: Any) -> None:
+def test_sent_marks_write_the_sent_marks(store_pair: Any) -> None:
     a, b = store_pair
-    key = new_id()
-    lease = a.claim(key)
-    assert isinstance(lease, Lease)
-    with a.sent_marker(lease) as mark:
-        assert not b.is_done(key)
-        mark()
-        assert b.is_done(key)
-    assert b.claim(key) is Claim.DONE
+    keys = [new_id(), new_id()]
+    leases = [a.claim(key) for key in keys]
+    assert all(isinstance(lease, Lease) for lease in leases)
+    with a.sent_marks() as mark:
+        assert not any(b.is_done(key) for key in keys)
+        assert mark(leases) == [True, True]
+        assert all(b.is_done(key) for key in keys)
+        assert mark([]) == []
+    assert [b.claim(key) for key in keys] == [Claim.DONE, Claim.DONE]
 
 
 class FlakyMarks(LocalDedupeStore):

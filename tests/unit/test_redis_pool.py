@@ -170,15 +170,15 @@ def test_the_sent_marks_connection_goes_back_in_step_unless_it_broke(lean: Any) 
     pool = lean.connection_pool
     lease = store.claim("lean:marked")
     assert isinstance(lease, Lease)
-    with store.sent_marker(lease) as mark:
-        mark()
+    with store.sent_marks() as mark:
+        assert mark([lease]) == [True]
     connection = pool.get_connection()
     checked: list[int] = []
     check = connection.can_read
     connection.can_read = lambda *args, **kwargs: checked.append(1) or check(*args, **kwargs)
     pool.release_in_step(connection)
-    with store.sent_marker(lease) as mark:
-        mark()
+    with store.sent_marks() as mark:
+        assert mark([lease]) == [True]
     assert pool.get_connection() is connection
     assert checked == []  # given back in step: taken again without the check
     pool.release_in_step(connection)
@@ -190,10 +190,10 @@ def test_the_sent_marks_connection_goes_back_in_step_unless_it_broke(lean: Any) 
     taken = pool.get_connection()
     assert taken is connection
     pool.release_in_step(taken)
-    taken.send_command = refused
-    with pytest.raises(redis.ConnectionError), store.sent_marker(lease) as mark:
-        mark()
-    del taken.send_command
+    taken.send_packed_command = refused
+    with store.sent_marks() as mark:
+        assert mark([lease]) == [False]  # reported, not raised: the done mark decides
+    del taken.send_packed_command
     assert taken._sock is None  # disconnected
     assert pool.get_connection() is taken
     assert checked == [1]  # given back as not in step: the next taker checked it

@@ -1,10 +1,8 @@
 """Topology, confirmed record publishing, dead letters. Knows nothing of HTTP."""
 
 from worker.errors import PublishError
-from worker.publishing._publisher import (
-    DeadLetterPublisher,
-    RecordPublisher,
-)
+from worker.publishing._publisher import DeadLetterPublisher
+from worker.publishing._records import RecordPublisher
 from worker.publishing._tasks import TaskMessage, TaskPublisher
 from worker.publishing._topology import (
     CUSTOMER_CREATED_QUEUE,

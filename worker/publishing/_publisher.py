@@ -1,4 +1,5 @@
-"""Confirmed publishing of records and dead letters through pooled producers.
+"""Confirmed publishing through pooled producers: dead letters, task messages, and records where
+they are not batched (``_records``).
 
 A publish returns only once the broker has taken responsibility for the message: on RabbitMQ the
 channel is in confirm mode (``confirm_publish``) and ``publish`` waits for the ack; on Redis the
@@ -8,7 +9,6 @@ are never attributed to the wrong message. Never a connection per message.
 
 from __future__ import annotations
 
-import json
 import queue
 import time
 from collections.abc import Callable
@@ -18,19 +18,21 @@ from typing import Any
 import amqp
 import structlog
 from amqp import spec
-from amqp.exceptions import AMQPError, MessageNacked, RecoverableConnectionError
-from amqp.serialization import dumps as encode_arguments
+from amqp.exceptions import AMQPError, MessageNacked
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
 from worker._gevent import bounded_semaphore
-from worker.enrichment import EnrichedRecord
 from worker.errors import PublishError
 from worker.publishing._topology import (
     DEAD_LETTER_QUEUE_NAME,
-    ENRICHED_EXCHANGE,
     Topology,
     topology,
+)
+from worker.publishing._wire import (
+    PUBLISH_HEARTBEAT_SECONDS,
+    open_channel,
+    write_basic_publish,
 )
 
 log = structlog.get_logger()
@@ -53,15 +55,6 @@ _KEPT_PROPERTIES = (
 # Failures of the broker, the network or the connection: the message may well go through later.
 # Anything else raised before the message was written is the message's own (UNPUBLISHABLE).
 _INFRASTRUCTURE_ERRORS = (OSError, AMQPError, OperationalError, queue.Empty, TimeoutError)
-
-# Heartbeats on publishing connections: a broker that vanished without a FIN (a dead host, a
-# dropped NAT entry) is noticed within about two intervals instead of at the next write's TCP
-# timeout. Nothing services a heartbeat between publishes (there is no loop on these
-# connections), so ``_ConfirmedPool`` checks it each time it takes a connection from the pool
-# (``heartbeat_check``), and the confirm wait reads frames, heartbeats included, while it waits.
-# A connection idle past the broker's grace (twice the interval) is closed by the broker and
-# replaced on its next use: its publish fails before sending and the message is requeued.
-PUBLISH_HEARTBEAT_SECONDS = 30
 
 
 def _nothing() -> None:
@@ -96,21 +89,8 @@ class _ConfirmedPool:
         self._permits = bounded_semaphore(size)
 
     def _open(self) -> _Slot:
-        connection = Connection(
-            self._url, connect_timeout=self._timeout, heartbeat=PUBLISH_HEARTBEAT_SECONDS
-        )
-        try:
-            connection.ensure_connection(max_retries=2, interval_start=1, interval_step=1)
-            channel = connection.channel()
-            confirms = connection.transport.driver_type == "amqp"
-            if confirms:
-                channel.confirm_select()  # type: ignore[attr-defined]  # py-amqp Channel
-            for entity in self._declare:
-                entity.bind(channel).declare()
-            return _Slot(connection, channel, Producer(channel), confirms, time.monotonic())
-        except BaseException:
-            connection.release()
-            raise
+        connection, channel, confirms = open_channel(self._url, self._timeout, self._declare)
+        return _Slot(connection, channel, Producer(channel), confirms, time.monotonic())
 
     def publish(
         self,
@@ -133,7 +113,7 @@ class _ConfirmedPool:
         try:
             slot = self._take()
             if slot.confirms:
-                _write_basic_publish(
+                write_basic_publish(
                     slot.channel,
                     amqp.Message(
                         body,
@@ -245,39 +225,6 @@ class _ConfirmedPool:
                 return
 
 
-def _write_basic_publish(
-    channel: Any, message: amqp.Message, exchange: str, routing_key: str, *, timeout: float
-) -> None:
-    """What py-amqp's ``basic_publish`` writes, without the calls around it that a confirmed
-    publish does not need: kombu's producer (serializer lookup, declarations, batch state) and
-    the zero-timeout read for a ``connection.blocked`` notice before every publish (the confirm
-    wait reads and dispatches any such frame). The frames are the same; a test compares them
-    with kombu's."""
-    connection = channel.connection
-    if connection is None:
-        raise RecoverableConnectionError("channel closed")
-    arguments = _PUBLISH_ARGUMENTS.get((exchange, routing_key))
-    if arguments is None:
-        arguments = encode_arguments("Bssbb", (0, exchange, routing_key, False, False))
-        if len(_PUBLISH_ARGUMENTS) >= _MAX_PUBLISH_ARGUMENTS:
-            _PUBLISH_ARGUMENTS.clear()
-        _PUBLISH_ARGUMENTS[(exchange, routing_key)] = arguments
-    try:
-        with connection.transport.having_timeout(timeout):
-            connection.frame_writer(1, channel.channel_id, spec.Basic.Publish, arguments, message)
-    except StopIteration:
-        raise RecoverableConnectionError("connection already closed") from None
-    except TimeoutError:
-        # As py-amqp: a write that timed out leaves the connection unusable.
-        raise RecoverableConnectionError("basic_publish: timed out") from None
-
-
-# Basic.Publish's encoded arguments by (exchange, routing key): routing keys come from event
-# names, a few dozen in practice; the bound only keeps an unusual workspace from growing it.
-_PUBLISH_ARGUMENTS: dict[tuple[str, str], bytes] = {}
-_MAX_PUBLISH_ARGUMENTS = 4096
-
-
 def _raise_on_nack(method: Any, *args: Any) -> None:
     if method == spec.Basic.Nack:
         raise MessageNacked()
@@ -288,59 +235,6 @@ def _close_quietly(slot: _Slot) -> None:
         slot.connection.release()
     except Exception as exc:  # noqa: BLE001 - it is being thrown away
         log.debug("publish.close_failed", error=type(exc).__name__)
-
-
-class RecordPublisher:
-    """Records to the ``rapidly.enriched`` topic exchange on the downstream broker."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout: float = 10.0,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        observer: Callable[[PublishError | None], None] | None = None,
-        queues: Topology | None = None,
-    ):
-        self._entities = (queues or topology()).downstream_broker_entities
-        # Declared again on every new connection: the binding survives a broker that lost it.
-        self._pool = _ConfirmedPool(url, timeout=timeout, size=pool_size, declare=self._entities)
-        # Told of every confirmed publish (None) and every failure that is not the record's own:
-        # readiness follows the downstream broker's answers.
-        self._observer = observer
-
-    def declare_topology(self) -> None:
-        self._pool.declare(self._entities)
-
-    def publish(self, record: EnrichedRecord, *, on_sent: Callable[[], None] = _nothing) -> None:
-        """Returns once the broker confirmed; ``on_sent`` runs as soon as the record is written."""
-        try:
-            try:
-                # As kombu's json serializer writes it (ASCII, default separators).
-                body = json.dumps(record.body).encode("utf-8")
-            except (TypeError, ValueError) as exc:
-                raise PublishError(
-                    f"record is not JSON: {exc}", sent=False, unpublishable=True
-                ) from exc
-            self._pool.publish(
-                body,
-                on_sent=on_sent,
-                exchange=ENRICHED_EXCHANGE.name,
-                routing_key=record.routing_key,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers={"schema": record.schema},
-                properties={"message_id": record.event_id},
-            )
-        except PublishError as exc:
-            if self._observer is not None and not exc.unpublishable:
-                self._observer(exc)
-            raise
-        if self._observer is not None:
-            self._observer(None)
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 class DeadLetterPublisher:
@@ -395,4 +289,4 @@ class DeadLetterPublisher:
         self._pool.close()
 
 
-__all__ = ["DeadLetterPublisher", "PublishError", "RecordPublisher"]
+__all__ = ["DeadLetterPublisher", "PublishError"]

@@ -15,6 +15,14 @@ leaves every pooled socket dead) is retried once on a fresh connection, then rai
 caller treats a Redis failure as such (the dedupe store requeues, the cache bypasses Redis).
 Pipelines without a transaction take the same path (``LeanPipeline``); transactions keep
 redis-py's code and share the pool.
+
+Under gevent the commands (and plain pipelines) that the task greenlets issue in one turn of the
+event loop share one round trip: the first of them spawns a greenlet that runs once the others
+have had their turn, writes them all on one connection and reads every reply, and each caller
+gets its own reply (or its own error). Each greenlet still waits for its reply before its next
+command, so its commands keep their order; a connection error fails (and first retries) the
+whole turn, as it did one command. Fewer, fuller round trips: the task greenlets of a turn used
+to cost one each, and each a write, a read and a wake-up in the worker and in Redis.
 """
 
 # redis-py is untyped where this module reaches into it (pools, connections, replies).
@@ -22,6 +30,8 @@ redis-py's code and share the pool.
 from __future__ import annotations
 
 import collections
+import copy
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +138,8 @@ class LeanPipeline(redis_lib.client.Pipeline):
     all its commands, their replies read with redis-py's callbacks, one retry on a fresh
     connection as ``LeanRedis.execute_command`` does. Any other pipeline is redis-py's."""
 
+    turns: _Turns | None = None  # the client's, when its round trips are shared per loop turn
+
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
         if (
@@ -139,10 +151,14 @@ class LeanPipeline(redis_lib.client.Pipeline):
             or self.connection is not None
         ):
             return super().execute(raise_on_error)
+        turns: _Turns | None = getattr(self, "turns", None)
         try:
-            responses = _on_pooled_connection(
-                self.connection_pool, lambda connection: self._round_trip(connection, stack)
-            )
+            if turns is not None:
+                responses = turns.run(stack)
+            else:
+                responses = _on_pooled_connection(
+                    self.connection_pool, lambda connection: self._round_trip(connection, stack)
+                )
         finally:
             self.reset()
         if raise_on_error:
@@ -160,23 +176,113 @@ class LeanPipeline(redis_lib.client.Pipeline):
         return responses
 
 
+class _Turn:
+    """The commands of one event-loop turn, their replies once ``done`` is set."""
+
+    __slots__ = ("commands", "done", "error", "replies")
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.replies: list[Any] = []
+        self.error: BaseException | None = None  # the whole turn failed
+        self.done = threading.Event()
+
+
+class _Turns:
+    """Shares one round trip among the commands issued in one turn of the event loop (module
+    docstring). ``spawn`` starts the greenlet that sends them."""
+
+    def __init__(
+        self,
+        pool: Any,
+        spawn: Callable[..., Any],
+        round_trip: Callable[[Any, list[Any]], list[Any]],
+    ):
+        self._pool = pool
+        self._spawn = spawn
+        self._round_trip = round_trip
+        self._turn: _Turn | None = None
+
+    def run(self, commands: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """The replies to ``commands`` (a ResponseError as its reply), sent with this turn's."""
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = _Turn()
+            self._spawn(self._send, turn)
+        start = len(turn.commands)
+        turn.commands.extend(commands)
+        # Untimed, and never on an event already set (gevent's one unguarded path, see
+        # ``worker._gevent.wait_for``): ``_send`` sets it exactly once, in a ``finally``, after
+        # its round trip (bounded by the connection's socket timeout).
+        if not turn.done.is_set():
+            turn.done.wait()
+        if turn.error is not None:
+            raise copy.copy(turn.error)  # each caller its own exception object
+        return turn.replies[start : start + len(commands)]
+
+    def _send(self, turn: _Turn) -> None:
+        if self._turn is turn:
+            self._turn = None  # commands from here on go in the next turn
+        try:
+            turn.replies = _on_pooled_connection(
+                self._pool, lambda connection: self._round_trip(connection, turn.commands)
+            )
+        except Exception as exc:  # noqa: BLE001 - raised by every caller of the turn
+            turn.error = exc
+        except BaseException as exc:  # killed (a shutdown): the callers hear it, then it goes on
+            turn.error = exc
+            raise
+        finally:
+            turn.done.set()
+
+
 class LeanRedis(redis_lib.Redis):
-    """``redis.Redis`` whose single commands and plain pipelines take the short path (module
-    docstring)."""
+    """``redis.Redis`` whose single commands and plain pipelines take the short path, and under
+    gevent share one round trip per loop turn (module docstring)."""
+
+    turns: _Turns | None = None
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        return LeanPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipeline = LeanPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipeline.turns = self.turns
+        return pipeline
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.turns is not None:
+            (reply,) = self.turns.run([(args, options)])
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
+
         def trip(connection: Any) -> Any:
             connection.send_command(*args, check_health=False)
             return self.parse_response(connection, args[0], **options)
 
         return _on_pooled_connection(self.connection_pool, trip)
 
+    def _round_trip(self, connection: Any, commands: list[Any]) -> list[Any]:
+        connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
+        replies: list[Any] = []
+        for args, options in commands:
+            try:
+                replies.append(self.parse_response(connection, args[0], **options))
+            except ResponseError as exc:
+                replies.append(exc)  # every reply is read, so the socket stays in step
+        return replies
 
-def lean_client(url: str, **pool_options: Any) -> LeanRedis:
-    return LeanRedis(connection_pool=LeanPool.from_url(url, **pool_options))
+
+def lean_client(url: str, *, per_turn: bool | None = None, **pool_options: Any) -> LeanRedis:
+    """``per_turn``: share a round trip per event-loop turn (default: under gevent's patching)."""
+    client = LeanRedis(connection_pool=LeanPool.from_url(url, **pool_options))
+    from worker._gevent import _patched  # noqa: PLC0415 - asks only whether patch() ran
+
+    if _patched() if per_turn is None else per_turn:
+        import gevent  # noqa: PLC0415 - only under gevent's patching
+
+        client.turns = _Turns(client.connection_pool, gevent.spawn, client._round_trip)
+    return client
 
 
 __all__ = ["LeanPipeline", "LeanPool", "LeanRedis", "lean_client"]

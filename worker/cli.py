@@ -136,10 +136,12 @@ def _run() -> int:
     from worker.app import configure  # noqa: PLC0415
 
     celery_app = configure(settings)
+    # The gevent pool with its greenlets reused (worker/_pool.py); chosen here, where gevent's
+    # patching is in place, and by configuration: Celery's --pool takes only its own names.
+    celery_app.conf.worker_pool = "worker._pool:TaskPool"
     celery_app.worker_main(
         [
             "worker",
-            "--pool=gevent",
             f"--concurrency={settings.worker_concurrency}",
             f"--queues={_queue_name()}",
             "--without-gossip",

@@ -125,16 +125,24 @@ class RapidlyClient:
         self._token = token
         self._limiter = limiter
         self._observer = observer
+        # Requests are built by the client (base URL, default headers, timeouts) and sent
+        # straight through its transport: the client's send adds an auth flow, redirect
+        # following, a cookie jar and event hooks, none of which this client uses (it sends its
+        # own Authorization header and follows same-origin redirects itself), and costs a fifth
+        # of each request's CPU on top of the transport.
+        self._transport = transport or httpx.HTTPTransport(
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            )
+        )
         self._http = httpx.Client(
             base_url=self._base,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
-            transport=transport,
+            transport=self._transport,
         )
+        self._urls: dict[str, httpx.URL] = {}  # the list path's URL, joined once
 
     def __repr__(self) -> str:  # the token stays out of every repr
         return f"RapidlyClient(base_url={str(self._base)!r})"
@@ -208,7 +216,11 @@ class RapidlyClient:
         if self._limiter is not None:
             # List calls go first: each answers many GETs.
             self._limiter.acquire(priority=kind == "list")
-        url = self._base.join(path)
+        url = self._urls.get(path)
+        if url is None:
+            url = self._base.join(path)
+            if kind == "list":
+                self._urls[path] = url
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         started = time.monotonic()
         try:
@@ -235,7 +247,8 @@ class RapidlyClient:
     ) -> tuple[httpx.Response, bytes | None]:
         """The response and its body, or None for a body over the cap (not read further)."""
         request = self._http.build_request("GET", url, params=params, headers=headers)
-        response = self._http.send(request, stream=True)
+        response = self._transport.handle_request(request)
+        response.request = request
         try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self._max_body:

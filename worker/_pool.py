@@ -27,8 +27,16 @@ class _Job:
     """One task handed to a runner; what ``apply_async`` returns (Celery keeps a weak reference
     to it and calls ``terminate`` on it after ``terminate_job``, as on its pool's greenlets)."""
 
-    __slots__ = ("__weakref__", "accept_callback", "apply_target", "args", "callback", "id")
-    __slots__ += ("kwargs", "target")
+    __slots__ = (
+        "__weakref__",
+        "accept_callback",
+        "apply_target",
+        "args",
+        "callback",
+        "id",
+        "kwargs",
+        "target",
+    )
 
     def __init__(self, *fields: Any) -> None:
         (
@@ -80,7 +88,8 @@ class TaskPool(GeventTaskPool):
         apply_target: Any = base.apply_target,
         **options: Any,
     ) -> Any:
-        timeout = self.timeout if timeout is None else timeout
+        # Attributes of Celery's pool that its type stubs do not declare.
+        timeout = self.timeout if timeout is None else timeout  # type: ignore[attr-defined]
         if timeout:
             return super().on_apply(
                 target,
@@ -95,7 +104,7 @@ class TaskPool(GeventTaskPool):
             )
         self._slots.acquire()  # blocks the consumer while every slot is busy
         job = _Job(
-            self._make_killable_target(target),
+            self._make_killable_target(target),  # type: ignore[attr-defined]
             args,
             kwargs,
             callback,

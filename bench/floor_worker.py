@@ -41,7 +41,7 @@ REDIS_URL = os.environ.get("FLOOR_REDIS_URL", "")
 
 app = Celery("rapidly-floor", set_as_current=True)
 app.conf.update({key: product.app.conf[key] for key in product.app.conf.changes})
-app.conf.update(broker_url=BROKER_URL, include=[])
+app.conf.update(broker_url=BROKER_URL, include=[], worker_pool="worker._pool:TaskPool")
 
 # A record of the usual size and shape (a customer.created at depth 1).
 _BODY: dict[str, Any] = {
@@ -118,7 +118,6 @@ def main() -> int:
     app.worker_main(
         [
             "worker",
-            "--pool=gevent",
             f"--concurrency={os.environ.get('FLOOR_CONCURRENCY', '100')}",
             f"--queues={product.EVENTS_QUEUE_NAME}",
             "--without-gossip",

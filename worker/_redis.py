@@ -67,6 +67,21 @@ def _on_pooled_connection(pool: Any, trip: Callable[[Any], Any]) -> Any:
     return result
 
 
+def _round_trip(
+    parse: Callable[..., Any], connection: Any, commands: list[tuple[tuple[Any, ...], Any]]
+) -> list[Any]:
+    """``commands`` ((args, options) pairs) in one write, then every reply read with ``parse``
+    (redis-py's ``parse_response``); an error reply is returned as its ResponseError."""
+    connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
+    replies: list[Any] = []
+    for args, options in commands:
+        try:
+            replies.append(parse(connection, args[0], **options))
+        except ResponseError as exc:
+            replies.append(exc)  # every reply is read, so the socket stays in step
+    return replies
+
+
 class LeanPool(redis_lib.BlockingConnectionPool):
     """A ``BlockingConnectionPool`` with a lock-free front: connections given back wait in a
     deque for the next taker. At most ``max_connections`` exist, as before: a connection in
@@ -151,10 +166,9 @@ class LeanPipeline(redis_lib.client.Pipeline):
             or self.connection is not None
         ):
             return super().execute(raise_on_error)
-        turns: _Turns | None = getattr(self, "turns", None)
         try:
-            if turns is not None:
-                responses = turns.run(stack)
+            if self.turns is not None:
+                responses = self.turns.run(stack)
             else:
                 responses = _on_pooled_connection(
                     self.connection_pool, lambda connection: self._round_trip(connection, stack)
@@ -166,14 +180,7 @@ class LeanPipeline(redis_lib.client.Pipeline):
         return responses
 
     def _round_trip(self, connection: Any, stack: list[Any]) -> list[Any]:
-        connection.send_packed_command(connection.pack_commands([args for args, _ in stack]))
-        responses: list[Any] = []
-        for args, options in stack:
-            try:
-                responses.append(self.parse_response(connection, args[0], **options))
-            except ResponseError as exc:
-                responses.append(exc)  # every reply is read, so the socket stays in step
-        return responses
+        return _round_trip(self.parse_response, connection, stack)
 
 
 class _Turn:
@@ -263,14 +270,7 @@ class LeanRedis(redis_lib.Redis):
         return _on_pooled_connection(self.connection_pool, trip)
 
     def _round_trip(self, connection: Any, commands: list[Any]) -> list[Any]:
-        connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
-        replies: list[Any] = []
-        for args, options in commands:
-            try:
-                replies.append(self.parse_response(connection, args[0], **options))
-            except ResponseError as exc:
-                replies.append(exc)  # every reply is read, so the socket stays in step
-        return replies
+        return _round_trip(self.parse_response, connection, commands)
 
 
 def lean_client(url: str, *, per_turn: bool | None = None, **pool_options: Any) -> LeanRedis:

@@ -168,9 +168,7 @@ class LocalDedupeStore:
                 try:
                     self.mark_sent(lease)
                 except Exception as exc:  # noqa: BLE001 - reported; the caller's done mark decides
-                    log.warning(
-                        "dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__
-                    )
+                    _report_unmarked([lease], exc)
                     landed.append(False)
                 else:
                     landed.append(True)
@@ -287,10 +285,7 @@ class RedisDedupeStore:
                 replies = [connection.read_response() for _ in commands]
             except Exception as exc:  # noqa: BLE001 - reported per lease, the caller decides
                 broken = True
-                for lease in leases:
-                    log.warning(
-                        "dedupe.mark_sent_failed", event_id=lease.key, error=type(exc).__name__
-                    )
+                _report_unmarked(leases, exc)
                 return [False] * len(leases)
             return [reply is True or reply in (b"OK", "OK") for reply in replies]
 
@@ -313,6 +308,11 @@ class RedisDedupeStore:
         self._release_own(
             keys=[self._prefix + lease.key], args=[lease.lease_value, lease.sent_value]
         )
+
+
+def _report_unmarked(leases: Sequence[Lease], error: Exception) -> None:
+    for lease in leases:
+        log.warning("dedupe.mark_sent_failed", event_id=lease.key, error=type(error).__name__)
 
 
 def _published(value: bytes | None) -> bool:

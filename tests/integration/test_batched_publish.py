@@ -6,10 +6,9 @@ Each test runs a child interpreter, since the batches exist only under gevent's 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
+from tests.children import last_line, run_child
 from tests.integration.harness import REDIS_STORE_URL
 
 PRELUDE = """
@@ -72,15 +71,9 @@ assert publisher._batches is not None, "batched under gevent on RabbitMQ"
 
 
 def run(script: str, amqp_url: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), amqp_url, REDIS_STORE_URL],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    return last_line(
+        run_child(PRELUDE + textwrap.dedent(script), amqp_url, REDIS_STORE_URL, timeout=120)
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip().splitlines()[-1]
 
 
 def test_one_loop_turn_is_one_write_and_one_mark_trip_and_every_record_is_confirmed(

@@ -5,26 +5,11 @@ Run in a child interpreter: monkey-patching is process-wide and must not reach t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-
-def run_child(script: str, *args: str) -> str:
-    """``script`` run by a fresh interpreter (``patch`` must come before anything imports
-    sockets): what it printed; it must exit 0."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
+from tests.children import run_child
 
 CHILD = textwrap.dedent(
     """

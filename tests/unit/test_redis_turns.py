@@ -5,24 +5,14 @@ The turns exist only under gevent's patching, so each case runs in a child inter
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
-import pytest
-import redis
+from tests.children import last_line, run_child
+from tests.unit import test_redis_pool
 
-URL = "redis://127.0.0.1:6379/12"
-
-
-def _reachable() -> bool:
-    try:
-        return bool(redis.Redis.from_url(URL, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _reachable(), reason="Redis is not reachable at 127.0.0.1:6379")
+# The same Redis database as the pool's tests, skipped as they are when Redis is not there.
+URL = test_redis_pool.URL
+pytestmark = test_redis_pool.pytestmark
 
 PRELUDE = """
 from worker._gevent import patch
@@ -55,15 +45,7 @@ def together(*calls):
 
 
 def run(script: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(script), URL],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    return last_line(run_child(PRELUDE + textwrap.dedent(script), URL))
 
 
 def test_the_commands_of_one_turn_share_one_round_trip_and_each_gets_its_reply() -> None:

@@ -4,22 +4,7 @@ parked greenlet when there is one, never more than ``limit`` at once, and a revo
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
-
-def run_child(script: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
+from tests.children import last_line, run_child
 
 CHILD = """
 from worker._gevent import patch
@@ -86,4 +71,4 @@ print("ok")
 
 
 def test_tasks_run_on_parked_greenlets_within_the_limit_and_can_be_terminated() -> None:
-    assert run_child(CHILD) == "ok"
+    assert last_line(run_child(CHILD)) == "ok"

@@ -46,7 +46,8 @@ class _Batch:
     """The records written together. ``settled`` is set once every record's confirm (or
     failure) came and the sent marks were written: ``parts`` counts down to it."""
 
-    parts: int
+    records: list[_Pending] = field(default_factory=list)
+    parts: int = 1  # the sent marks; one more per record
     settled: threading.Event = field(default_factory=threading.Event)
 
     def part_done(self) -> None:
@@ -242,8 +243,7 @@ class BatchedConfirms:
         self._timeout = timeout
         self._sent_marks = sent_marks
         self._spawn = spawn
-        self._queued: list[_Pending] = []
-        self._next_batch: _Batch | None = None
+        self._next_batch: _Batch | None = None  # the records queued in this loop turn
         self._writing = threading.Lock()  # batches go out in the order they were queued
         self._link: _Link | None = None
         self._closed = False
@@ -254,11 +254,11 @@ class BatchedConfirms:
         for the sent marks could be had (nothing was written then)."""
         batch = self._next_batch
         if batch is None:
-            batch = self._next_batch = _Batch(parts=1)  # 1: the sent marks of the batch
+            batch = self._next_batch = _Batch()
             self._spawn(self._write_soon)
         pending = _Pending(message, arguments, mark, batch)
         batch.parts += 1
-        self._queued.append(pending)
+        batch.records.append(pending)
         if not wait_for(batch.settled, self._timeout) and not pending.settled:
             # The broker or the connection is stuck: everything that connection owes fails with
             # it, so that a late confirm is never waited for again.
@@ -271,14 +271,13 @@ class BatchedConfirms:
 
     def _write_soon(self) -> None:
         with self._writing:
-            batch, self._queued = self._queued, []
-            group, self._next_batch = self._next_batch, None
+            # Spawned with the batch's first record: the batch is there and not empty.
+            batch, self._next_batch = self._next_batch, None
+            assert batch is not None
             try:
-                if batch:
-                    self._write(batch)
+                self._write(batch.records)
             finally:
-                if group is not None:
-                    group.part_done()
+                batch.part_done()  # the sent marks' part
 
     def _write(self, batch: list[_Pending]) -> None:
         marks = [pending for pending in batch if pending.mark is not None]

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import amqp
 import structlog
 from amqp import spec
 from amqp.exceptions import AMQPError, MessageNacked
@@ -32,6 +31,7 @@ from worker.publishing._topology import (
 from worker.publishing._wire import (
     PUBLISH_HEARTBEAT_SECONDS,
     open_channel,
+    persistent_message,
     write_basic_publish,
 )
 
@@ -115,13 +115,12 @@ class _ConfirmedPool:
             if slot.confirms:
                 write_basic_publish(
                     slot.channel,
-                    amqp.Message(
+                    persistent_message(
                         body,
                         content_type=content_type,
                         content_encoding=content_encoding,
-                        application_headers=headers,
-                        delivery_mode=2,
-                        **{"priority": 0, **properties},  # kombu's default priority
+                        headers=headers,
+                        properties=properties,
                     ),
                     exchange,
                     routing_key,

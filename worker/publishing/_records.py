@@ -8,7 +8,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-import amqp
 from kombu import Connection
 
 from worker._gevent import _patched
@@ -17,7 +16,7 @@ from worker.errors import DedupeUnavailable, PublishError
 from worker.publishing._batched import BatchedConfirms, SentMarks
 from worker.publishing._publisher import DEFAULT_POOL_SIZE, _ConfirmedPool
 from worker.publishing._topology import ENRICHED_EXCHANGE, Topology, topology
-from worker.publishing._wire import open_channel, publish_arguments
+from worker.publishing._wire import open_channel, persistent_message, publish_arguments
 
 
 class RecordPublisher:
@@ -76,14 +75,12 @@ class RecordPublisher:
                     f"record is not JSON: {exc}", sent=False, unpublishable=True
                 ) from exc
             if self._batches is not None:
-                message = amqp.Message(
+                message = persistent_message(
                     body,
                     content_type="application/json",
                     content_encoding="utf-8",
-                    application_headers={"schema": record.schema},
-                    delivery_mode=2,
-                    priority=0,  # kombu's default priority
-                    message_id=record.event_id,
+                    headers={"schema": record.schema},
+                    properties={"message_id": record.event_id},
                 )
                 try:
                     arguments = publish_arguments(ENRICHED_EXCHANGE.name, record.routing_key)

@@ -41,6 +41,26 @@ def open_channel(
         raise
 
 
+def persistent_message(
+    body: bytes,
+    *,
+    content_type: str,
+    content_encoding: str,
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+) -> amqp.Message:
+    """``body`` as a persistent message (delivery mode 2) with kombu's default priority and
+    ``properties`` (message_id, correlation_id...), as kombu's producer would send it."""
+    return amqp.Message(
+        body,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        application_headers=headers,
+        delivery_mode=2,
+        **{"priority": 0, **properties},
+    )
+
+
 def publish_arguments(exchange: str, routing_key: str) -> bytes:
     """Basic.Publish's encoded arguments, cached by (exchange, routing key)."""
     arguments = _PUBLISH_ARGUMENTS.get((exchange, routing_key))
